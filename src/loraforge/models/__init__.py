@@ -1,0 +1,26 @@
+"""Base models: resolve a spec (alias, HF dir, .gguf), load it, fingerprint it, attach LoRA."""
+
+from loraforge.models.adapter import (
+    MANIFEST_NAME,
+    load_adapter,
+    read_manifest,
+    save_adapter,
+)
+from loraforge.models.base import LoadedBase, load_base, resolve_base
+from loraforge.models.fingerprint import base_fingerprint
+from loraforge.models.lora import attach_lora, build_lora_config, linear_module_names, resolve_targets
+
+__all__ = [
+    "MANIFEST_NAME",
+    "LoadedBase",
+    "attach_lora",
+    "base_fingerprint",
+    "build_lora_config",
+    "linear_module_names",
+    "load_adapter",
+    "load_base",
+    "read_manifest",
+    "resolve_base",
+    "resolve_targets",
+    "save_adapter",
+]

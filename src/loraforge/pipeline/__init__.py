@@ -1,0 +1,1 @@
+"""Runs that compose the stages: prepare -> train -> gate -> ship, and the demo."""

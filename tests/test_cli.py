@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraforge import __version__
+from loraforge.cli import main
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["init", "--help"], ["config", "check", "--help"], ["models", "show", "--help"]):
+        assert main(argv) == 0, argv
+    assert "Usage" in capsys.readouterr().out
+
+
+def test_init_writes_a_config_that_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "hello"}\n')
+    config = tmp_path / "run.yaml"
+    assert main(["init", str(config), "--train", str(train)]) == 0
+    written = yaml.safe_load(config.read_text())
+    assert written["lora"]["r"] == 16 and written["train"]["lr"] == 2e-4
+    assert main(["config", "check", str(config), "--set", "lora.r=8"]) == 0
+    assert "r: 8" in capsys.readouterr().out
+
+
+def test_bad_config_gets_every_problem_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("data:\n  train: missing.jsonl\nlora:\n  r: 0\n  alpah: 3\n")
+    assert main(["config", "check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "lora.r" in err and "did you mean 'lora.alpha'" in err and "data.train: file not found" in err
+    assert "Traceback" not in err
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = tmp_path / "t.jsonl"
+    train.write_text('{"text": "x"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text("keep: me\n")
+    assert main(["init", str(config), "--train", str(train)]) == 2
+    assert config.read_text() == "keep: me\n"
+    assert "--force" in capsys.readouterr().err
+
+
+def test_models_show_prints_the_card(tiny_base_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "show", str(tiny_base_dir), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["architecture"] == "LlamaForCausalLM"
+    assert card["linear_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert card["fingerprint"].startswith("sha256:")
+
+
+def test_missing_base_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "show", "/nope/model"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraforge.config import (
+    DEFAULT_ALPHA,
+    DEFAULT_LR,
+    DEFAULT_R,
+    Config,
+    load_config,
+    reference_markdown,
+    render_yaml,
+    validate_config,
+)
+from loraforge.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "train.jsonl").write_text('{"text": "hi"}\n')
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_recipe(tmp_path: Path) -> None:
+    config = validate_config({"data": {"train": "x.jsonl"}}, check_files=False)
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (16, 32.0, 0.05)
+    assert config.lora.targets == "all-linear"
+    assert (config.train.lr, config.train.scheduler, config.train.warmup_ratio) == (2e-4, "cosine", 0.03)
+    assert (config.train.weight_decay, config.train.epochs, config.train.eval_every) == (0.0, 2.0, 0.25)
+    assert config.train.seed == 0
+    assert (DEFAULT_R, DEFAULT_ALPHA, DEFAULT_LR) == (16, 32.0, 2e-4)
+
+
+def test_unknown_key_suggests_the_close_name(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"data:\n  train: {tmp_path}/train.jsonl\nlora:\n  rank: 8\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "lora.rank: unknown key; did you mean 'lora.r'?" in str(info.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  train: nowhere.jsonl\nlora:\n  r: 0\ntrain:\n  lr: -1\n  epoch: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "lora.r" in text and "train.lr" in text and "train.epoch" in text and "data.train" in text
+    assert len(info.value.problems) == 4
+
+
+def test_missing_train_file_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  train: nowhere.jsonl\n")
+    with pytest.raises(ConfigError, match="data.train: file not found: nowhere.jsonl"):
+        load_config(path)
+
+
+def test_overrides_are_typed_by_the_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"data:\n  train: {tmp_path}/train.jsonl\n")
+    config = load_config(path, ["train.lr=1e-4", "lora.targets=[q_proj, v_proj]", "data.packing=false"])
+    assert config.train.lr == 1e-4
+    assert config.lora.targets == ["q_proj", "v_proj"]
+    assert config.data.packing is False
+
+
+def test_bad_override_value_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"data:\n  train: {tmp_path}/train.jsonl\n")
+    with pytest.raises(ConfigError, match="lora.r"):
+        load_config(path, ["lora.r=many"])
+
+
+def test_rendered_yaml_round_trips_with_reasons(tmp_path: Path) -> None:
+    config = validate_config({"data": {"train": "x.jsonl"}, "lora": {"r": 8}}, check_files=False)
+    text = render_yaml(config)
+    assert "# adapter rank" in text
+    again = Config.model_validate(yaml.safe_load(text))
+    assert again == config
+
+
+def test_reference_lists_every_field() -> None:
+    text = reference_markdown()
+    for key in ("`lora.r`", "`train.eval_every`", "`data.golden`", "`eval.tolerance`"):
+        assert key in text
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML line"):
+        load_config(path)
