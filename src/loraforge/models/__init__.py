@@ -6,7 +6,7 @@ from loraforge.models.adapter import (
     read_manifest,
     save_adapter,
 )
-from loraforge.models.base import LoadedBase, load_base, resolve_base
+from loraforge.models.base import LoadedBase, load_base, load_tokenizer, resolve_base
 from loraforge.models.fingerprint import base_fingerprint
 from loraforge.models.lora import attach_lora, build_lora_config, linear_module_names, resolve_targets
 
@@ -19,6 +19,7 @@ __all__ = [
     "linear_module_names",
     "load_adapter",
     "load_base",
+    "load_tokenizer",
     "read_manifest",
     "resolve_base",
     "resolve_targets",

@@ -138,6 +138,14 @@ def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def load_tokenizer(spec: str, home: Path | None = None) -> PreTrainedTokenizerBase:
+    """The base's tokenizer alone (no weights): enough for the data stage."""
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base(spec, home)))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_base(
     spec: str,
     dtype: torch.dtype = torch.float32,

@@ -1,0 +1,67 @@
+"""What flows out of the data stage. Train and evaluate depend on these names.
+
+Record           a validated jsonl row, normalised to chat messages (or raw text)
+TokenizedExample one rendered row: token ids and labels (-100 where no loss)
+PackedSequence   several examples packed into one training row, positions restarting per example
+PreparedData     train/eval examples, the golden records, the resolved max_seq_len and the report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+IGNORE_INDEX = -100  # label value that carries no loss (torch cross_entropy's ignore_index)
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A validated row. Chat-like shapes (messages, prompt/completion, alpaca, sharegpt) become
+    `messages`; a `text` row keeps `text` and trains on every token."""
+
+    source: Path
+    line: int  # 1-based line in `source`
+    kind: Literal["chat", "text"]
+    messages: tuple[Message, ...] = ()
+    text: str | None = None
+    id: str | None = None
+    slice: str | None = None
+    checks: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def where(self) -> str:
+        return f"{self.source.name} line {self.line}"
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]  # same length; IGNORE_INDEX on prompt, system and padding tokens
+    line: int  # source line, for messages that point back at the data
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class PackedSequence:
+    """Examples laid end to end. position_ids restart at 0 at each example, which (with
+    attention_mask=None and use_cache=False) makes transformers build a block-diagonal mask."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    position_ids: tuple[int, ...]
+    lengths: tuple[int, ...]  # length of each packed example, in order
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    golden: list[Record]
+    max_seq_len: int
+    report: dict[str, Any] = field(default_factory=dict)
