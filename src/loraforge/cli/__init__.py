@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from loraforge import __version__
-from loraforge.cli import config_cmds, demo_cmds, models_cmds
+from loraforge.cli import config_cmds, data_cmds, demo_cmds, docs_cmds, eval_cmds, models_cmds, plan_cmds, train_cmds
 from loraforge.errors import LoraforgeError
 
 app = typer.Typer(
@@ -38,6 +38,11 @@ def _root(
 config_cmds.register(app)
 models_cmds.register(app)
 demo_cmds.register(app)
+data_cmds.register(app)
+train_cmds.register(app)
+eval_cmds.register(app)
+plan_cmds.register(app)
+docs_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

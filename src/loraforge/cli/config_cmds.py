@@ -54,7 +54,7 @@ def docs(out: Path | None = typer.Option(None, help="Write to this file instead 
     """Print the config reference (docs/config.md) generated from the typed settings."""
     text = reference_markdown()
     if out is None:
-        typer.echo(text)
+        typer.echo(text, nl=False)
     else:
         write_text_atomic(out, text)
 

@@ -1,36 +1,108 @@
-"""`loraforge demo`: the main job on the embedded default base."""
+"""`loraforge demo`: the main job on the embedded default base, rendered step by step."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.rule import Rule
 from rich.table import Table
 
+from loraforge.cli.render import data_summary, gate_table, train_table
 from loraforge.config import DEFAULT_BASE
+from loraforge.errors import GateBlocked
 
 console = Console()
 
 
 def demo(
     base: str = typer.Option(DEFAULT_BASE, help="Base to run the demo on."),
-    quick: bool = typer.Option(False, help="A smaller, faster run (for the slow test set)."),
+    data_dir: Path = typer.Option(Path("examples/support_tickets"), help="Folder with train.jsonl and golden.jsonl."),
+    output: Path = typer.Option(Path("runs/demo"), help="Run directory."),
+    quick: bool = typer.Option(False, help="A small slice and a few steps (under 3 minutes): shows the path only."),
 ) -> None:
-    """Run the main job on the embedded default base and show what each stage did."""
-    from loraforge.pipeline.demo import run_demo
+    """Take the embedded base from the bundled corpus to a gated adapter, and show each step."""
+    from loraforge.pipeline.demo import demo_config, run_demo
 
-    with console.status("resolving the base (converted once, then cached)"):
-        result = run_demo(base, max_new_tokens=24 if quick else 48)
-    card = result.card
+    config = demo_config(data_dir, output, quick, base)
+    result = run_demo(config, _show)
+    if result.gate is not None and not result.gate.passed:
+        raise GateBlocked("the gate blocked the demo adapter:\n" + "\n".join(f"  - {r}" for r in result.gate.reasons))
+
+
+def _show(step: str, payload: Any) -> None:
+    steps: dict[str, tuple[str, Callable[[Any], None]]] = {
+        "base": ("1. the embedded base", _base),
+        "data": ("2. the data", _data),
+        "train": ("3. training", lambda run: console.print(train_table(run))),
+        "gate": ("4. the eval gate", _gate),
+        "side_by_side": ("5. base vs adapter", _side_by_side),
+        "paths": ("6. where everything is", _paths),
+    }
+    title, render = steps[step]
+    console.print(Rule(title))
+    render(payload)
+
+
+def _base(payload: dict[str, Any]) -> None:
+    card = payload["card"]
     console.print(
-        f"[bold]base[/] {card.spec}: {card.architecture}, {card.parameters:,} parameters, "
-        f"{card.layers} layers, loaded in {result.load_seconds:.1f}s\n[dim]fingerprint {card.fingerprint}[/]"
+        f"{card.spec}: {card.architecture}, {card.parameters:,} parameters, {card.layers} layers, "
+        f"loaded in {payload['load_seconds']:.1f}s\n[dim]fingerprint {card.fingerprint}[/]"
     )
-    table = Table(title="greedy answers from the base", show_lines=True)
-    table.add_column("prompt")
-    table.add_column("base answer")
-    for question, answer in result.answers:
-        table.add_row(question, answer)
+
+
+def _data(payload: dict[str, Any]) -> None:
+    from loraforge.data import render_marked
+
+    console.print(data_summary(payload["report"], payload["output"]))
+    if payload["example"] is not None:
+        color = sys.stdout.isatty()
+        text = render_marked(payload["example"], payload["tokenizer"], color=color)
+        legend = "trained tokens in colour" if color else "trained tokens in [[brackets]]"
+        console.print(f"one training example as the model sees it ({legend}):")
+        console.print(text if color else escape(text), highlight=False)
+
+
+def _gate(report: Any) -> None:
+    console.print(gate_table(report))
+    for line in report.improvements:
+        console.print(f"  {line}")
+    verdict = "[bold green]pass[/]" if report.passed else "[bold red]block[/]"
+    console.print(f"verdict: {verdict}")
+    for reason in report.reasons:
+        console.print(f"  - {escape(reason)}")
+
+
+def _side_by_side(rows: list[dict[str, str]]) -> None:
+    table = Table(show_lines=True)
+    for column in ("golden prompt", "base", "adapter"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        mark = {"True": "[green]pass[/]", "False": "[red]fail[/]"}
+        table.add_row(
+            escape(row["question"]),
+            f"{escape(row['base'])}\n{mark[row['base_passed']]}",
+            f"{escape(row['adapter'])}\n{mark[row['adapter_passed']]}",
+        )
     console.print(table)
+
+
+def _paths(paths: dict[str, str]) -> None:
+    for name, path in paths.items():
+        console.print(f"  {name:12} {path}")
+    console.print(
+        "\nnext, on your own data:\n"
+        "  loraforge init my.yaml --train my_train.jsonl --golden my_golden.jsonl\n"
+        "  loraforge prepare my.yaml --show 2\n"
+        "  loraforge plan my.yaml\n"
+        "  loraforge train my.yaml"
+    )
 
 
 def register(app: typer.Typer) -> None:

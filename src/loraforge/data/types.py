@@ -41,6 +41,7 @@ class TokenizedExample:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]  # same length; IGNORE_INDEX on prompt, system and padding tokens
     line: int  # source line, for messages that point back at the data
+    truncated: bool = False  # prompt tokens were cut from the left to fit max_seq_len
 
     @property
     def n_loss_tokens(self) -> int:

@@ -1,42 +1,143 @@
-"""The demo: what `make demo` runs on the embedded default base.
+"""The demo: what `make demo` runs. The embedded base learns the bundled support-ticket task.
 
-Each step is a plain function call so later stages slot in as they land.
+Steps, each a plain call so later stages (sign, publish, serve) slot in:
+resolve the base -> prepare the data -> train -> gate -> base vs adapter side by side -> where things are.
+The caller passes `show(step, payload)` to render each step as it finishes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from loraforge.config import DEFAULT_BASE
-from loraforge.models import LoadedBase, load_base
+from transformers import PreTrainedTokenizerBase
+
+from loraforge.config import DEFAULT_BASE, Config, validate_config
+from loraforge.data import prepare_data
+from loraforge.data.types import PreparedData
+from loraforge.errors import ConfigError
+from loraforge.evaluate import GateReport
+from loraforge.files import write_text_atomic
+from loraforge.models import load_base, load_tokenizer
+from loraforge.models.base import loraforge_home
 from loraforge.models.card import BaseCard, base_card
-from loraforge.models.generate import generate_chat
+from loraforge.pipeline.run import RunOutcome, train_and_gate
 
-DEMO_QUESTIONS = [
-    "What is the capital of France?",
-    "Extract the order id from: 'Hi, my order ORD-48213 arrived broken.' Reply with JSON only.",
-]
+DEFAULT_DATA_DIR = Path("examples/support_tickets")
+
+# The demo's training budget: <= 10 minutes of training on 2 CPU cores (see docs/PERFORMANCE.md).
+# The recipe's defaults stay; only the schedule length and eval cadence are sized for the budget.
+DEMO_TRAIN = {"epochs": 1.0, "eval_every": 0.25, "micro_batch_size": 4, "grad_accum": 2}
+# The task's answers are ~40 tokens of JSON: 96 new tokens bounds a base that rambles.
+DEMO_EVAL = {"max_new_tokens": 96}
+# --quick (the slow test set): a slice of the data, a few steps; shows the path, not the quality.
+QUICK_ROWS = {"train": 96, "golden": 16}
+QUICK_TRAIN = {"epochs": 1.0, "max_steps": 8, "eval_every": 0.5, "micro_batch_size": 4, "grad_accum": 1}
+
+Show = Callable[[str, Any], None]
 
 
 @dataclass
 class DemoResult:
+    config: Config
     card: BaseCard
-    answers: list[tuple[str, str]] = field(default_factory=list)
-    load_seconds: float = 0.0
+    data: PreparedData
+    outcome: RunOutcome
+
+    @property
+    def gate(self) -> GateReport | None:
+        return self.outcome.gate
 
 
-def run_demo(base_spec: str = DEFAULT_BASE, max_new_tokens: int = 48) -> DemoResult:
-    base = step_resolve_base(base_spec)
-    result = DemoResult(card=base_card(base), load_seconds=base.load_seconds)
-    result.answers = step_generate(base, DEMO_QUESTIONS, max_new_tokens)
-    return result
+def demo_config(data_dir: Path, output: Path, quick: bool, base: str = DEFAULT_BASE) -> Config:
+    train, golden = data_dir / "train.jsonl", data_dir / "golden.jsonl"
+    if not train.is_file() or not golden.is_file():
+        raise ConfigError(
+            [f"{data_dir}: needs train.jsonl and golden.jsonl; run from the repository root or pass --data-dir"], "demo"
+        )
+    if quick:
+        train = _head(train, output / "data" / "train.jsonl", QUICK_ROWS["train"])
+        golden = _head(golden, output / "data" / "golden.jsonl", QUICK_ROWS["golden"])
+    raw = {
+        "base": base,
+        "output": str(output),
+        "data": {"train": str(train), "golden": str(golden)},
+        "train": QUICK_TRAIN if quick else DEMO_TRAIN,
+        "eval": {**DEMO_EVAL, **({"max_new_tokens": 64, "probes": ["general"]} if quick else {})},
+    }
+    return validate_config(raw, source="demo")
 
 
-def step_resolve_base(base_spec: str) -> LoadedBase:
-    return load_base(base_spec)
+def _head(source: Path, dest: Path, rows: int) -> Path:
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)[:rows]
+    write_text_atomic(dest, "".join(lines))
+    return dest
 
 
-def step_generate(base: LoadedBase, questions: list[str], max_new_tokens: int) -> list[tuple[str, str]]:
-    conversations = [[{"role": "user", "content": q}] for q in questions]
-    answers = generate_chat(base.model, base.tokenizer, conversations, max_new_tokens=max_new_tokens)
-    return list(zip(questions, answers, strict=True))
+def run_demo(config: Config, show: Show) -> DemoResult:
+    base = load_base(config.base)  # converts the embedded GGUF once; later runs read the cache
+    card = base_card(base)
+    show("base", {"card": card, "load_seconds": base.load_seconds})
+    del base  # training loads the base in its own precision
+    tokenizer = load_tokenizer(config.base)
+    data = step_prepare(config, tokenizer, card.context_length)
+    show(
+        "data",
+        {
+            "report": data.report,
+            "example": data.train[0] if data.train else None,
+            "tokenizer": tokenizer,
+            "output": config.output,
+        },
+    )
+    outcome = train_and_gate(config)
+    show("train", outcome.train)
+    if outcome.gate is not None:
+        show("gate", outcome.gate)
+        show("side_by_side", side_by_side(outcome.gate, n=3))
+    show("paths", artifact_paths(config))
+    return DemoResult(config, card, data, outcome)
+
+
+def step_prepare(config: Config, tokenizer: PreTrainedTokenizerBase, context_length: int) -> PreparedData:
+    """The data stage alone, for its report; `train` finds the result in the cache."""
+    return prepare_data(
+        config.data,
+        tokenizer,
+        seed=config.train.seed,
+        context_length=context_length,  # as train computes it, so train hits the cache
+        out_dir=config.output,
+        cache_dir=loraforge_home() / "cache" / "data",
+        progress=True,
+    )
+
+
+def side_by_side(report: GateReport, n: int = 3) -> list[dict[str, str]]:
+    """The first n golden (non-probe) rows: question, reference, base answer, adapter answer."""
+    rows = [r for r in report.rows if not r.case.probe][:n]
+    return [
+        {
+            "question": r.case.question,
+            "reference": r.case.reference,
+            "base": r.outputs.get("base", ""),
+            "adapter": r.outputs.get("adapter", ""),
+            "base_passed": str(r.passed.get("base", False)),
+            "adapter_passed": str(r.passed.get("adapter", False)),
+        }
+        for r in rows
+    ]
+
+
+def artifact_paths(config: Config) -> dict[str, str]:
+    out = config.output
+    return {
+        "adapter": str(out / "adapter"),
+        "manifest": str(out / "adapter" / "loraforge.json"),
+        "eval report": str(out / "eval" / "report.html"),
+        "loss curve": str(out / "loss.png"),
+        "metrics": str(out / "metrics.jsonl"),
+        "data report": str(out / "data_report.json"),
+        "config": str(out / "config.yaml"),
+    }

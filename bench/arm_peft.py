@@ -1,0 +1,68 @@
+"""B0: a plain PEFT loop, as most tutorials write it: fp32, padded batches, HF forward loss."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import (
+    LORA,
+    LR,
+    SEED,
+    bench_rows,
+    peak_rss_bytes,
+    result_line,
+    set_threads,
+    step_rows,
+    tokenize,
+    warmup_steps,
+)
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
+    args = parser.parse_args()
+    set_threads()
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+    config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                        target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    model = get_peft_model(model, config)
+    model.train()
+    total_steps = args.steps + args.warmup_steps
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps(total_steps), total_steps)
+    rows = bench_rows()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokens, seconds, losses = 0, 0.0, []
+    for step in range(total_steps):
+        batch = [tokenize(tokenizer, r) for r in rows[step_rows(step)]]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        start = time.perf_counter()
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        losses.append(loss.item())
+        if step >= args.warmup_steps:
+            tokens += int(mask.sum())
+            seconds += elapsed
+    result_line({"arm": "B0", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                 "peak_rss": peak_rss_bytes(), "losses": losses})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Rich renderings shared by commands (the demo shows what prepare, train and eval show)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def data_summary(report: dict[str, Any], output: Path) -> Table:
+    table = Table(title=f"data: {output / 'data_report.json'}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"
+    pct = report["percentiles"]
+    pii = report["pii"]
+    rows = {
+        "rows in": f"{report['rows_in']:,}",
+        "rows kept": f"{report['rows_kept']:,} (train {report['split']['train']:,}, eval {report['split']['eval']:,})",
+        "dropped": dropped,
+        "leaked (golden duplicates removed)": str(report["leaked"]),
+        "duplicates": f"exact {report['duplicates']['exact']}, near {report['duplicates']['near']}",
+        "PII": f"{pii['mode']}: {', '.join(f'{k} {v}' for k, v in pii['counts'].items()) or 'none found'}",
+        "token length p50/p95/max": f"{pct['p50']} / {pct['p95']} / {pct['max']}",
+        "max_seq_len": f"{report['max_seq_len']} ({report['max_seq_len_source']})",
+        "truncated": str(report["truncated"]),
+        "packing efficiency": "off" if report["packing_efficiency"] is None else f"{report['packing_efficiency']:.1%}",
+        "train sha256": report["train_sha256"][:16],
+        "golden sha256": (report["golden_sha256"] or "none")[:16],
+        "template sha256": report["template_sha256"][:16],
+        "cache": "hit (nothing recomputed)" if report.get("cached") else "miss (prepared and stored)",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    return table
+
+
+def train_table(run: Any) -> Table:
+    """A TrainRun (loraforge.pipeline.train_run) as a two-column table."""
+    result, config = run.result, run.config
+    table = Table(title=f"trained: {config.output}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = {
+        "stopped": result.stop_reason,
+        "steps": f"{result.final_step} of {result.total_steps}"
+        + (f" (resumed at {result.resumed_from})" if result.resumed_from else ""),
+        "best eval loss": f"{result.best_eval_loss:.4f} at step {result.best_step}",
+        "first / last eval loss": f"{result.eval_losses[0][1]:.4f} / {result.eval_losses[-1][1]:.4f}",
+        "tokens/s": f"{result.tokens_per_s:,.0f}",
+        "adapter": str(run.adapter_dir),
+        "metrics": f"{result.metrics_path}, {result.plot_path}",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    return table
+
+
+def gate_table(report: Any) -> Table:
+    """A GateReport's pass rate per slice for every role (base, adapter, against)."""
+    table = Table(title="eval gate: pass rate per slice")
+    for column in ["slice", "n", *report.roles]:
+        table.add_column(column, justify="left" if column == "slice" else "right")
+    for name, score in report.slices.items():
+        table.add_row(
+            name + (" (probe)" if score.probe else ""), str(score.n), *(f"{score.rate(r):.1%}" for r in report.roles)
+        )
+    return table

@@ -1,0 +1,136 @@
+"""The gate's reports: report.json (the contract), report.md and a self-contained report.html
+(inline CSS, no scripts, no external assets: it opens from a mail attachment or a CI artifact)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loraforge.files import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from loraforge.evaluate.gate import GateReport
+    from loraforge.evaluate.scoring import RowResult, SliceScore
+
+EXAMPLES_PER_SLICE = 3  # rows shown side by side per slice; failing ones first
+OUTPUT_CHARS = 300  # an output is cut to this many characters in md/html (report.json keeps it whole)
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right}.pass{color:#176317}.block{color:#a11}
+.verdict{font-size:1.6rem;font-weight:bold}pre{white-space:pre-wrap;margin:0;font-size:.85rem}
+.down{color:#a11}.up{color:#176317}
+"""
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= OUTPUT_CHARS else text[:OUTPUT_CHARS] + "..."
+
+
+def _delta(score: SliceScore, role: str) -> float:
+    return score.rate("adapter") - score.rate(role)
+
+
+def _examples(rows: list[RowResult], slice_name: str) -> list[RowResult]:
+    members = [r for r in rows if r.case.slice == slice_name]
+    members.sort(key=lambda r: bool(r.passed.get("adapter")))
+    return members[:EXAMPLES_PER_SLICE]
+
+
+def render_markdown(report: GateReport) -> str:
+    roles = report.roles
+    lines = [f"# Eval gate: {report.verdict.upper()}", ""]
+    lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
+    if report.reasons:
+        lines += ["## Why it blocks", ""] + [f"- {r}" for r in report.reasons] + [""]
+    if report.improvements:
+        lines += ["## Target slices", ""] + [f"- {i}" for i in report.improvements] + [""]
+    others = [r for r in roles if r != "adapter"]
+    head = ["slice", "n"] + roles + [f"delta vs {r}" for r in others] + [f"loss {r}" for r in roles]
+    lines += ["## Slices", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, score in report.slices.items():
+        cells = [name + (" (probe)" if score.probe else ""), str(score.n)]
+        cells += [f"{score.rate(r):.1%}" for r in roles] + [f"{_delta(score, r):+.1%}" for r in others]
+        cells += [f"{score.loss[r]:.3f}" if r in score.loss else "-" for r in roles]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Examples", ""]
+    for name in report.slices:
+        lines += [f"### {name}", ""]
+        for row in _examples(report.rows, name):
+            lines.append(f"**{row.case.id}**: {' '.join(_cut(row.case.question).split())}")
+            lines.append(f"- reference: `{' '.join(_cut(row.case.reference).split())}`")
+            for role in roles:
+                mark = "pass" if row.passed.get(role) else "FAIL"
+                lines.append(f"- {role} [{mark}]: `{' '.join(_cut(row.outputs.get(role, '')).split())}`")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _slice_table(report: GateReport) -> str:
+    roles = report.roles
+    others = [r for r in roles if r != "adapter"]
+    head = ["slice", "n", *roles, *(f"delta vs {r}" for r in others), *(f"loss {r}" for r in roles)]
+    out = ['<table id="slices"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>"]
+    out.append("<tbody>")
+    for name, score in report.slices.items():
+        cells = [f"<td>{html.escape(name)}{' <small>(probe)</small>' if score.probe else ''}</td>"]
+        cells.append(f'<td class="num">{score.n}</td>')
+        cells += [f'<td class="num">{score.rate(r):.1%}</td>' for r in roles]
+        for r in others:
+            delta = _delta(score, r)
+            cls = "down" if delta < 0 else "up" if delta > 0 else ""
+            cells.append(f'<td class="num {cls}">{delta:+.1%}</td>')
+        cells += [f'<td class="num">{score.loss[r]:.3f}</td>' if r in score.loss else "<td>-</td>" for r in roles]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _examples_html(report: GateReport) -> str:
+    out = []
+    head = "<tr><th>row</th><th>reference</th>" + "".join(f"<th>{r}</th>" for r in report.roles) + "</tr>"
+    for name in report.slices:
+        out.append(f"<h3>{html.escape(name)}</h3><table><thead>{head}</thead><tbody>")
+        for row in _examples(report.rows, name):
+            cells = [
+                f"<td><b>{html.escape(row.case.id)}</b><br><pre>{html.escape(_cut(row.case.question))}</pre></td>",
+                f"<td><pre>{html.escape(_cut(row.case.reference))}</pre></td>",
+            ]
+            for role in report.roles:
+                ok = row.passed.get(role)
+                mark = f'<span class="{"pass" if ok else "block"}">{"pass" if ok else "FAIL"}</span>'
+                cells.append(f"<td>{mark}<pre>{html.escape(_cut(row.outputs.get(role, '')))}</pre></td>")
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def render_html(report: GateReport) -> str:
+    verdict = html.escape(report.verdict)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>loraforge eval gate: ' + verdict + "</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f'<h1>Eval gate</h1><p class="verdict {verdict}" id="verdict">{verdict.upper()}</p>',
+    ]
+    parts += [f"<p><b>note:</b> {html.escape(n)}</p>" for n in report.notes]
+    if report.reasons:
+        items = "".join(f"<li>{html.escape(r)}</li>" for r in report.reasons)
+        parts.append(f'<h2>Why it blocks</h2><ul id="reasons">{items}</ul>')
+    if report.improvements:
+        items = "".join(f"<li>{html.escape(i)}</li>" for i in report.improvements)
+        parts.append(f"<h2>Target slices</h2><ul>{items}</ul>")
+    parts += ["<h2>Slices</h2>", _slice_table(report), "<h2>Examples</h2>", _examples_html(report)]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_reports(report: GateReport, out_dir: Path) -> dict[str, Path]:
+    """Write report.json, report.md and report.html into out_dir, each atomically."""
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "html": out_dir / "report.html"}
+    write_json_atomic(paths["json"], report.to_dict())
+    write_text_atomic(paths["md"], render_markdown(report))
+    write_text_atomic(paths["html"], render_html(report))
+    return paths

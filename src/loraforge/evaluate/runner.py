@@ -1,0 +1,130 @@
+"""run_gate: score the golden set and the probes on the base, the adapter and (optionally) a
+previously shipped adapter, decide, and write the reports.
+
+The base is never loaded twice: base answers come from the same PeftModel with its adapter
+disabled, and an `against` adapter is loaded beside the candidate as a second named adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+
+from loraforge.config import EvalSpec
+from loraforge.data.types import Record
+from loraforge.errors import EvalError, ModelError
+from loraforge.evaluate.gate import GateReport, decide
+from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS, load_probes
+from loraforge.evaluate.report import write_reports
+from loraforge.evaluate.scoring import (
+    Case,
+    RowResult,
+    cases_from_records,
+    generate_answers,
+    reference_nll,
+    score_role,
+    slice_scores,
+)
+from loraforge.models import LoadedBase, read_manifest
+
+AGAINST_NAME = "against"  # adapter name of the --against adapter inside the PeftModel
+
+
+def gate_cases(golden: list[Record], spec: EvalSpec) -> list[Case]:
+    """The user's golden cases, then the probe cases; slice names must not collide."""
+    cases = cases_from_records(golden, spec.max_new_tokens)
+    golden_slices = {c.slice for c in cases}
+    clashes = sorted(golden_slices & set(spec.probes))
+    if clashes:
+        raise EvalError(
+            f"golden slice(s) {', '.join(clashes)} share a name with built-in probes; rename the slice "
+            f"in the golden file or drop the probe from eval.probes"
+        )
+    probe_budget = min(PROBE_MAX_NEW_TOKENS, spec.max_new_tokens)
+    cases += cases_from_records(load_probes(list(spec.probes)), probe_budget, probe=True)
+    if not cases:
+        raise EvalError("the gate has nothing to score: set data.golden, or keep eval.probes non-empty")
+    unknown = sorted(set(spec.min_pass_rate) - {c.slice for c in cases})
+    if unknown:
+        known = ", ".join(sorted({c.slice for c in cases}))
+        raise EvalError(f"eval.min_pass_rate names slice(s) {', '.join(unknown)} that no row has; known: {known}")
+    return cases
+
+
+@contextlib.contextmanager
+def as_role(model: PeftModel, role: str, candidate: str) -> Iterator[None]:
+    """Make `model` answer as the base (adapter disabled), the candidate or the against adapter."""
+    if role == "base":
+        with model.disable_adapter():
+            yield
+        return
+    model.set_adapter(AGAINST_NAME if role == "against" else candidate)
+    try:
+        yield
+    finally:
+        model.set_adapter(candidate)
+
+
+def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
+    if not (against / "adapter_config.json").is_file():
+        raise ModelError(f"--against {against}: no adapter_config.json; point at a shipped adapter directory")
+    expected = ((read_manifest(against) or {}).get("base") or {}).get("fingerprint")
+    if expected and expected != base.fingerprint:
+        raise ModelError(
+            f"--against {against}: adapter was trained on base {expected}, but the loaded base is "
+            f"{base.fingerprint}; compare adapters of the same base"
+        )
+    model.load_adapter(str(against), adapter_name=AGAINST_NAME)
+
+
+def run_gate(
+    base: LoadedBase,
+    adapter_model: PeftModel,
+    golden: list[Record],
+    spec: EvalSpec,
+    out_dir: Path,
+    against: Path | None = None,
+    *,
+    info: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> GateReport:
+    """Score base vs adapter (vs against) per slice, decide pass/block, write report.json/md/html."""
+    cases = gate_cases(golden, spec)
+    roles = ["base", "adapter"] + (["against"] if against is not None else [])
+    candidate = str(adapter_model.active_adapter)
+    was_training = adapter_model.training
+    adapter_model.eval()
+    rows = [RowResult(case) for case in cases]
+    seconds: dict[str, float] = {}
+    try:
+        if against is not None:
+            load_against(adapter_model, against, base)
+        for role in roles:
+            started = time.perf_counter()
+            with as_role(adapter_model, role, candidate):
+                answers = generate_answers(adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}")
+                nll = reference_nll(adapter_model, base.tokenizer, cases, spec.batch_size, f"loss: {role}")
+            score_role(role, rows, answers, nll)
+            seconds[role] = round(time.perf_counter() - started, 2)
+    finally:
+        if against is not None and AGAINST_NAME in adapter_model.peft_config:
+            adapter_model.delete_adapter(AGAINST_NAME)
+        adapter_model.set_adapter(candidate)
+        adapter_model.train(was_training)
+    slices = slice_scores(rows, roles)
+    verdict, reasons, improvements = decide(slices, rows, spec, [r for r in roles if r != "adapter"])
+    report_info = {
+        "base": {"spec": base.spec, "fingerprint": base.fingerprint},
+        "against": str(against) if against is not None else None,
+        "eval": spec.model_dump(mode="json"),
+        "seconds": seconds,
+        **(info or {}),
+    }
+    report = GateReport(verdict, reasons, improvements, slices, rows, roles, report_info, list(notes or []))
+    write_reports(report, out_dir)
+    return report

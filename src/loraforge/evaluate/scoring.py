@@ -1,0 +1,218 @@
+"""Golden cases, what each model answers, the reference loss, and the per-slice scores.
+
+A case is a golden Record split into its prompt (every turn before the last) and its reference
+answer (the last assistant turn). Models are named by role: `base`, `adapter`, `against`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from loraforge.data.types import IGNORE_INDEX, Message, Record
+from loraforge.errors import EvalError
+from loraforge.evaluate.checks import DEFAULT_CHECKS, CheckSpec, check_problems, run_checks
+from loraforge.models.generate import generate_chat
+
+DEFAULT_SLICE = "golden"  # a golden row without "slice"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    slice: str
+    where: str
+    prompt: tuple[Message, ...]
+    reference: str
+    checks: tuple[CheckSpec, ...]
+    max_new_tokens: int
+    probe: bool = False
+
+    @property
+    def question(self) -> str:
+        """The last user turn, for reports."""
+        users = [m["content"] for m in self.prompt if m.get("role") == "user"]
+        return users[-1] if users else ""
+
+
+@dataclass
+class RowResult:
+    """One case scored for every model role."""
+
+    case: Case
+    outputs: dict[str, str] = field(default_factory=dict)
+    passed: dict[str, bool] = field(default_factory=dict)
+    failures: dict[str, list[str]] = field(default_factory=dict)  # role -> why each failing check failed
+    nll_sum: dict[str, float] = field(default_factory=dict)  # summed token NLL of the reference answer
+    n_ref_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        loss = {role: self.nll_sum[role] / self.n_ref_tokens for role in self.nll_sum if self.n_ref_tokens}
+        return {
+            "id": self.case.id,
+            "slice": self.case.slice,
+            "where": self.case.where,
+            "question": self.case.question,
+            "reference": self.case.reference,
+            "checks": list(self.case.checks or DEFAULT_CHECKS),
+            "outputs": self.outputs,
+            "passed": self.passed,
+            "failures": self.failures,
+            "reference_loss": loss,
+        }
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    name: str
+    n: int
+    passes: dict[str, int]  # role -> rows passed
+    loss: dict[str, float]  # role -> mean token NLL of the reference answers
+    probe: bool = False
+
+    def rate(self, role: str) -> float:
+        return self.passes[role] / self.n if self.n else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n, "probe": self.probe}
+        for role in self.passes:
+            out[role] = self.rate(role)
+            out[f"{role}_passed"] = self.passes[role]
+            out[f"{role}_loss"] = self.loss.get(role)
+        return out
+
+
+def cases_from_records(
+    records: Sequence[Record], max_new_tokens: int, probe: bool = False, default_slice: str = DEFAULT_SLICE
+) -> list[Case]:
+    """Validate golden records into cases; every problem is collected and raised once."""
+    problems: list[str] = []
+    cases: list[Case] = []
+    for record in records:
+        where = record.where
+        messages = record.messages
+        if record.kind != "chat" or len(messages) < 2 or messages[-1].get("role") != "assistant":
+            problems.append(f"{where}: a golden row needs a conversation ending in the reference assistant turn")
+            continue
+        reference = messages[-1]["content"]
+        row_problems = check_problems(record.checks, reference, where)
+        problems.extend(row_problems)
+        if row_problems:
+            continue
+        cases.append(
+            Case(
+                id=record.id or f"{record.source.stem}:{record.line}",
+                slice=record.slice or default_slice,
+                where=where,
+                prompt=tuple(messages[:-1]),
+                reference=reference,
+                checks=tuple(record.checks),
+                max_new_tokens=max_new_tokens,
+                probe=probe,
+            )
+        )
+    if problems:
+        shown = "\n  - ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise EvalError(f"golden set: {len(problems)} problem(s):\n  - {shown}{more}")
+    return cases
+
+
+def generate_answers(
+    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
+) -> list[str]:
+    """Greedy answers in case order; cases sharing max_new_tokens are batched together."""
+    answers: dict[int, str] = {}
+    by_budget: dict[int, list[int]] = {}
+    for index, case in enumerate(cases):
+        by_budget.setdefault(case.max_new_tokens, []).append(index)
+    batches = [
+        (budget, idx[i : i + batch_size]) for budget, idx in by_budget.items() for i in range(0, len(idx), batch_size)
+    ]
+    for budget, chunk in tqdm(batches, desc=desc, unit="batch", disable=None):
+        conversations = [list(cases[i].prompt) for i in chunk]
+        outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
+        answers.update(zip(chunk, outs, strict=True))
+    return [answers[i] for i in range(len(cases))]
+
+
+def encode_reference(tokenizer: PreTrainedTokenizerBase, case: Case) -> tuple[list[int], list[int]]:
+    """Token ids of the whole conversation and labels that keep only the reference answer tokens
+    (plus the end-of-turn token right after it), rendered with the base's chat template."""
+    messages = [*case.prompt, {"role": "assistant", "content": case.reference}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = tokenizer.apply_chat_template(list(case.prompt), tokenize=False, add_generation_prompt=True)
+    assert isinstance(text, str) and isinstance(prompt, str)
+    answer = case.reference.strip()
+    # the answer starts where the generation prompt ends; templates that rewrite earlier turns fall back to search
+    start = text.find(answer, len(prompt)) if text.startswith(prompt) else text.rfind(answer)
+    if start < 0:
+        raise EvalError(f"{case.where}: the chat template drops the reference answer; cannot score its loss")
+    end = start + len(answer)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    special = set(tokenizer.all_special_ids)
+    labels = [IGNORE_INDEX] * len(ids)
+    for i, (tok_start, tok_end) in enumerate(enc["offset_mapping"]):
+        if tok_end > start and tok_start < end:
+            labels[i] = ids[i]
+        elif tok_start >= end:
+            # the end-of-turn marker is part of answering: a model that never stops pays for it
+            if ids[i] in special:
+                labels[i] = ids[i]
+            break
+    return ids, labels
+
+
+def reference_nll(
+    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
+) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each case's reference answer given its prompt."""
+    encoded = [encode_reference(tokenizer, case) for case in cases]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    results: list[tuple[float, int]] = []
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch", disable=None):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in chunk], device=device)
+        labels = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in chunk], device=device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in chunk], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+        shifted = labels[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
+        counts = (shifted != IGNORE_INDEX).sum(dim=1)
+        results.extend(zip(nll.sum(dim=1).tolist(), counts.tolist(), strict=True))
+    return results
+
+
+def score_role(role: str, rows: Sequence[RowResult], answers: Sequence[str], nll: Sequence[tuple[float, int]]) -> None:
+    """Record one model's answers, check outcomes and reference loss on each row."""
+    for row, answer, (nll_sum, count) in zip(rows, answers, nll, strict=True):
+        outcomes = run_checks(row.case.checks, answer, row.case.reference)
+        row.outputs[role] = answer
+        row.passed[role] = all(o.passed for o in outcomes)
+        row.failures[role] = [f"{o.type}: {o.detail}" for o in outcomes if not o.passed]
+        row.nll_sum[role] = nll_sum
+        row.n_ref_tokens = count
+
+
+def slice_scores(rows: Sequence[RowResult], roles: Sequence[str]) -> dict[str, SliceScore]:
+    """Per slice, in first-seen order: rows, rows passed and token-weighted reference loss per role."""
+    grouped: dict[str, list[RowResult]] = {}
+    for row in rows:
+        grouped.setdefault(row.case.slice, []).append(row)
+    scores = {}
+    for name, members in grouped.items():
+        tokens = sum(r.n_ref_tokens for r in members)
+        passes = {role: sum(1 for r in members if r.passed.get(role)) for role in roles}
+        loss = {role: sum(r.nll_sum[role] for r in members) / tokens for role in roles if tokens}
+        scores[name] = SliceScore(name, len(members), passes, loss, probe=members[0].case.probe)
+    return scores

@@ -1,0 +1,173 @@
+"""A training run from a config: base -> data -> LoRA -> train -> best adapter with its manifest.
+
+Each step is a plain function call, so the run reads in the order it happens. Under
+`accelerate launch` every process runs this same code; only the main process writes shared files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from peft import PeftModel
+from transformers import set_seed
+
+from loraforge.config import Config, render_yaml, to_plain
+from loraforge.data import PreparedData, collate_packed, collate_padded, pack_examples, prepare_data
+from loraforge.files import write_text_atomic
+from loraforge.models import LoadedBase, attach_lora, load_base
+from loraforge.models.base import loraforge_home
+from loraforge.train import (
+    BatchPlan,
+    TrainResult,
+    export_adapter,
+    qlora_quantization_config,
+    resolve_base_dtype,
+    save_initial_adapter,
+    train,
+)
+
+VERSIONED_PACKAGES = ("loraforge", "torch", "transformers", "peft", "accelerate", "safetensors", "bitsandbytes")
+
+
+@dataclass
+class TrainRun:
+    config: Config
+    result: TrainResult
+    adapter_dir: Path
+    manifest: dict[str, Any]
+    base_fingerprint: str
+    main_process: bool = True  # False on the other processes of a multi-process launch
+
+
+def run_training(config: Config, *, resume: bool = False, accelerator: Accelerator | None = None) -> TrainRun:
+    """`loraforge train CONFIG`: train, keep the best checkpoint, write OUTPUT/adapter with its manifest."""
+    accelerator = accelerator or Accelerator()
+    out_dir = config.output
+    base = load_train_base(config, accelerator.device)
+    with accelerator.main_process_first():  # the main process fills the data cache; the others read it
+        data = prepare_data(
+            config.data,
+            base.tokenizer,
+            seed=config.train.seed,
+            context_length=int(getattr(base.model.config, "max_position_embeddings", 2048)),
+            out_dir=out_dir if accelerator.is_main_process else None,
+            cache_dir=loraforge_home() / "cache" / "data",
+            progress=accelerator.is_main_process,
+        )
+    batches = build_batch_plan(config, data, base, accelerator)
+    set_seed(config.train.seed)  # LoRA init and dropout; same seed, same adapter bytes
+    model = attach_lora(base.model, config.lora)
+    initial_dir = _save_pissa_init(model, config, accelerator)
+    if accelerator.is_main_process:
+        write_text_atomic(out_dir / "config.yaml", render_yaml(config))
+    result = train(
+        model,
+        batches,
+        config.train,
+        out_dir,
+        identity=run_identity(config, base.fingerprint, data),
+        resume=resume,
+        loraplus_lr_ratio=config.lora.loraplus_lr_ratio if config.lora.variant == "loraplus" else None,
+        accelerator=accelerator,
+    )
+    manifest = build_manifest(config, base, data, result)
+    adapter_dir = out_dir / "adapter"
+    if accelerator.is_main_process:
+        export_adapter(model, adapter_dir, manifest, initial_dir)
+    accelerator.wait_for_everyone()
+    # The eval gate runs here (pipeline, not train, calls it): score OUTPUT/adapter against the
+    # golden set and store its report under manifest["eval"] before anything is shipped.
+    return TrainRun(config, result, adapter_dir, manifest, base.fingerprint, accelerator.is_main_process)
+
+
+def load_train_base(config: Config, device: torch.device) -> LoadedBase:
+    """The frozen base in the dtype `train.precision` resolves to; 4-bit NF4 for QLoRA."""
+    dtype = resolve_base_dtype(config.train.precision, device)
+    quantization = qlora_quantization_config(dtype) if config.lora.variant == "qlora" else None
+    return load_base(config.base, dtype=dtype, device=device, quantization_config=quantization)
+
+
+def build_batch_plan(config: Config, data: PreparedData, base: LoadedBase, accelerator: Accelerator) -> BatchPlan:
+    """Packed rows (or one example per row) with the data stage's collate, sharded by process."""
+    pad_id = int(base.tokenizer.pad_token_id or 0)
+    if config.data.packing:
+        train_rows: list[Any] = pack_examples(data.train, data.max_seq_len, seed=config.train.seed)
+        eval_rows: list[Any] = pack_examples(data.eval, data.max_seq_len, seed=config.train.seed)
+        collate: Any = partial(collate_packed, pad_token_id=pad_id)
+    else:
+        train_rows, eval_rows = list(data.train), list(data.eval)
+        collate = partial(collate_padded, pad_token_id=pad_id)
+    return BatchPlan(
+        train_rows,
+        eval_rows,
+        collate,
+        micro_batch_size=config.train.micro_batch_size,
+        seed=config.train.seed,
+        world_size=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
+
+
+def _save_pissa_init(model: PeftModel, config: Config, accelerator: Accelerator) -> Path | None:
+    """PiSSA's starting adapter, needed to export a plain-LoRA adapter for the original base."""
+    if config.lora.variant != "pissa":
+        return None
+    path = config.output / "pissa_init"
+    if accelerator.is_main_process:
+        save_initial_adapter(model, config.output)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def tokenized_sha256(data: PreparedData) -> str:
+    """Hash of exactly what trains (ids and labels of train and eval), whatever produced it."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.eval):
+        for example in split:
+            digest.update(json.dumps([example.input_ids, example.labels]).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def run_identity(config: Config, base_fingerprint: str, data: PreparedData) -> dict[str, Any]:
+    """What must not change between a checkpoint and its resume."""
+    return {"config": to_plain(config), "base_fingerprint": base_fingerprint, "data_sha256": tokenized_sha256(data)}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def build_manifest(config: Config, base: LoadedBase, data: PreparedData, result: TrainResult) -> dict[str, Any]:
+    report_hashes = {k: v for k, v in data.report.items() if k.endswith("_sha256") and v}
+    return {
+        "base": {"spec": config.base, "fingerprint": base.fingerprint, "dtype": str(base.dtype).removeprefix("torch.")},
+        "lora": to_plain(config.lora),
+        "data": {**report_hashes, "tokenized_sha256": tokenized_sha256(data), "max_seq_len": data.max_seq_len},
+        "seed": config.train.seed,
+        "config": to_plain(config),
+        "versions": library_versions(),
+        "chat_template": base.chat_template,
+        "train": {
+            "best_step": result.best_step,
+            "best_eval_loss": result.best_eval_loss,
+            "final_step": result.final_step,
+            "total_steps": result.total_steps,
+            "stop_reason": result.stop_reason,
+        },
+        "eval": None,  # filled by the eval gate
+    }

@@ -1,0 +1,105 @@
+"""One autograd Function for a LoRA linear layer: base matmul, dropout, A, B and the sum.
+
+PEFT's LoRA forward upcasts the input of every adapted layer to the adapter dtype (fp32) before
+dropout, so with a bf16 base each of the 7 adapted layers per block copies its activations to fp32,
+draws a dropout mask, adds an fp32 result to the bf16 one and casts back; autograd then replays
+every one of those elementwise passes in backward. On a CPU with a small base those passes cost
+about as much as the matmuls. Here the adapter runs in the activation dtype (the fp32 adapter
+weights are cast, they are r x hidden and cheap), B's product is accumulated into the base output
+in place, and backward is written out: no gradient for the frozen weight, one mask multiply.
+
+With an fp32 base the arithmetic is PEFT's, term for term (tests/test_perf_parity.py checks the
+gradient against a plain PEFT step). With a bf16 base the adapter's matmuls run in bf16 as they
+would under autocast; the adapter weights, their gradients and the optimizer state stay fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import MethodType
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
+from torch import nn
+
+
+class _LoraLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        dropout_p: float,
+    ) -> torch.Tensor:
+        a = lora_a.to(x.dtype)
+        b = lora_b.to(x.dtype) * scaling  # out x r: scaling folded into the small matrix, not the activations
+        mask = None
+        dropped = x
+        if dropout_p > 0:
+            mask = torch.empty_like(x).bernoulli_(1.0 - dropout_p).mul_(1.0 / (1.0 - dropout_p))
+            dropped = x * mask
+        flat = dropped.reshape(-1, x.shape[-1])
+        hidden = flat @ a.t()
+        out = torch.nn.functional.linear(x, weight, bias)
+        out.view(-1, out.shape[-1]).addmm_(hidden, b.t())
+        ctx.save_for_backward(weight, a, b, flat, hidden, mask)
+        ctx.scaling = scaling
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        weight, a, b, flat, hidden, mask = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_hidden = grad @ b  # N x r
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            adapter_part = grad_hidden @ a
+            if mask is not None:
+                adapter_part.mul_(mask.reshape(adapter_part.shape))
+            grad_x = torch.addmm(adapter_part, grad, weight.to(grad.dtype)).view(*grad_out.shape[:-1], -1)
+        grad_a = (grad_hidden.t() @ flat).float()
+        grad_b = (grad.t() @ hidden).float().mul_(ctx.scaling)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    active = self.active_adapters
+    if args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or not _plain(self, active[0]):
+        return LoraLinear.forward(self, x, *args, **kwargs)
+    name = active[0]
+    base = self.get_base_layer()
+    dropout = self.lora_dropout[name]
+    p = float(dropout.p) if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    return _LoraLinearFn.apply(  # type: ignore[no-any-return]
+        x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]), p
+    )
+
+
+def _plain(layer: LoraLinear, name: str) -> bool:
+    """Plain LoRA (also rslora, pissa, LoRA+) on a dense nn.Linear; DoRA and 4-bit bases keep PEFT's forward."""
+    return (
+        name in layer.lora_A
+        and name not in layer.lora_variant
+        and type(layer.get_base_layer()) is nn.Linear
+        and not layer.use_dora.get(name, False)
+    )
+
+
+def fuse_lora_layers(model: nn.Module) -> int:
+    """Route every plain-LoRA linear layer of `model` through the fused Function; returns how many.
+
+    Other layers (DoRA, 4-bit bases, disabled or merged adapters) keep PEFT's forward, checked at
+    every call, so the model stays correct if the adapter is later merged or switched off.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and any(_plain(module, n) for n in module.active_adapters):
+            forward: Callable[..., torch.Tensor] = MethodType(_fused_forward, module)
+            module.forward = forward  # type: ignore[method-assign]
+            count += 1
+    return count

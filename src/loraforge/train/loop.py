@@ -1,0 +1,343 @@
+"""The training loop: one visible `for` loop over optimizer steps.
+
+Read `train` top to bottom: plan the steps, build optimizer and schedule, resume or start fresh,
+then per step accumulate gradients over micro-batches, clip, step, log; every `eval_every` epochs
+measure eval loss, keep the best checkpoint, and stop early when eval loss stops improving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from loraforge.config import TrainSpec
+from loraforge.data import count_loss_tokens
+from loraforge.errors import TrainError
+from loraforge.train.batches import BatchPlan
+from loraforge.train.checkpoint import (
+    ADAPTER_SUBDIR,
+    ADAPTER_WEIGHTS,
+    LoopState,
+    check_identity,
+    checkpoint_dir,
+    complete_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    read_checkpoint_state,
+    remove_partial,
+    rng_state,
+    save_checkpoint,
+)
+from loraforge.train.fused_lora import fuse_lora_layers
+from loraforge.train.loss import TokenLossSum
+from loraforge.train.metrics import MetricsLog
+from loraforge.train.optim import build_optimizer, build_scheduler, trainable_parameters
+from loraforge.train.plot import plot_losses
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    micro_batches_per_epoch: int
+    total_micro_batches: int
+    total_steps: int
+    eval_every_steps: int
+    save_every_steps: int
+
+    def epoch_at(self, micro_index: int) -> float:
+        return micro_index / self.micro_batches_per_epoch
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. On return, the model holds the best checkpoint's adapter weights."""
+
+    out_dir: Path
+    best_step: int
+    best_eval_loss: float
+    best_checkpoint: Path
+    final_step: int
+    total_steps: int
+    stop_reason: str
+    train_losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    tokens_per_s: float = 0.0
+    resumed_from: int | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    @property
+    def plot_path(self) -> Path:
+        return self.out_dir / "loss.png"
+
+
+def plan_steps(batches: BatchPlan, spec: TrainSpec) -> StepPlan:
+    per_epoch = batches.micro_batches_per_epoch
+    total_micro = max(1, round(spec.epochs * per_epoch))
+    total_steps = math.ceil(total_micro / spec.grad_accum)
+    if spec.max_steps is not None:
+        total_steps = min(total_steps, spec.max_steps)
+    steps_per_epoch = per_epoch / spec.grad_accum
+    eval_every = max(1, round(spec.eval_every * steps_per_epoch))
+    save_every = eval_every if spec.save_every is None else max(1, round(spec.save_every * steps_per_epoch))
+    return StepPlan(per_epoch, total_micro, total_steps, eval_every, save_every)
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds, so the helpers below take one argument, not ten."""
+
+    model: PeftModel
+    loss_module: torch.nn.Module  # TokenLossSum, DDP-wrapped when several processes run
+    batches: BatchPlan
+    spec: TrainSpec
+    plan: StepPlan
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    metrics: MetricsLog
+    accelerator: Accelerator
+    out_dir: Path
+    identity: dict[str, Any]
+    tokens_seen: int = 0
+    seconds: float = 0.0
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / max(self.seconds, 1e-9)
+
+
+def train(
+    model: PeftModel,
+    batches: BatchPlan,
+    spec: TrainSpec,
+    out_dir: Path,
+    *,
+    identity: dict[str, Any],
+    resume: bool = False,
+    loraplus_lr_ratio: float | None = None,
+    accelerator: Accelerator | None = None,
+) -> TrainResult:
+    """Train the adapter of `model` on `batches`; write checkpoints, metrics and loss.png under `out_dir`.
+
+    `identity` (resolved config, base fingerprint, data hash) is stored in every checkpoint; a
+    resume whose identity differs is refused. `loraplus_lr_ratio` switches to PEFT's LoRA+ optimizer.
+    """
+    run = _setup(model, batches, spec, out_dir, identity, loraplus_lr_ratio, accelerator or Accelerator())
+    plan = run.plan
+    state = _start_or_resume(run, resume)
+    resumed_from = state.step or None
+    main = run.accelerator.is_main_process
+    progress = tqdm(total=plan.total_steps, initial=state.step, desc="train", unit="step", disable=not main)
+    stop_reason = f"reached {plan.total_steps} steps"
+    model.train()
+    while state.step < plan.total_steps:
+        started = time.perf_counter()
+        loss, grad_norm, n_tokens = _optimizer_step(run, state)
+        _guard(loss, grad_norm, state.step + 1, spec)
+        run.scheduler.step()
+        state.step += 1
+        state.micro_index = min(state.step * spec.grad_accum, plan.total_micro_batches)
+        state.epoch = plan.epoch_at(state.micro_index)
+        run.seconds += time.perf_counter() - started
+        run.tokens_seen += n_tokens
+        last = state.step == plan.total_steps
+        if state.step % spec.log_every == 0 or last:
+            run.metrics.log("train", state.step, epoch=round(state.epoch, 4), loss=loss, grad_norm=grad_norm,
+                            lr=run.scheduler.get_last_lr()[0], tokens_per_s=round(run.tokens_per_s, 1))  # fmt: skip
+        improved, stop = False, None
+        if state.step % plan.eval_every_steps == 0 or last:
+            improved, stop = _evaluate_and_track(run, state)
+        progress.update(1)
+        progress.set_postfix(epoch=f"{state.epoch:.2f}", loss=f"{loss:.4f}", eval=_last_eval(state),
+                             tok_s=f"{run.tokens_per_s:.0f}")  # fmt: skip
+        if improved or last or stop or state.step % plan.save_every_steps == 0:
+            _save(run, state)
+        if stop:
+            stop_reason = stop
+            break
+    progress.close()
+    if main:
+        run.metrics.log("stop", state.step, reason=stop_reason, best_step=state.best_step,
+                        best_eval_loss=state.best_eval_loss)  # fmt: skip
+        tqdm.write(stop_reason)
+    return _finish(run, state, stop_reason, resumed_from)
+
+
+def _setup(
+    model: PeftModel,
+    batches: BatchPlan,
+    spec: TrainSpec,
+    out_dir: Path,
+    identity: dict[str, Any],
+    loraplus_lr_ratio: float | None,
+    accelerator: Accelerator,
+) -> _Run:
+    plan = plan_steps(batches, spec)
+    if spec.gradient_checkpointing:
+        base = cast(PreTrainedModel, model.get_base_model())
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fuse_lora_layers(model)  # same math as PEFT's forward, fewer elementwise passes (docs/PERFORMANCE.md)
+    loss_module = accelerator.prepare_model(TokenLossSum(model))
+    optimizer = build_optimizer(model, spec, loraplus_lr_ratio)
+    scheduler = build_scheduler(optimizer, spec, plan.total_steps)
+    metrics = MetricsLog(out_dir, spec.log_to, write=accelerator.is_main_process)
+    return _Run(model, loss_module, batches, spec, plan, optimizer, scheduler, metrics, accelerator, out_dir, identity)
+
+
+def _optimizer_step(run: _Run, state: LoopState) -> tuple[float, float, int]:
+    """Accumulate over the step's micro-batches; return (mean token loss, grad norm, tokens seen)."""
+    accelerator, spec = run.accelerator, run.spec
+    first = state.step * spec.grad_accum
+    last = min(first + spec.grad_accum, run.plan.total_micro_batches)
+    micro = [run.batches.train_batch(i) for i in range(first, last)]
+    counts = torch.tensor([sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro)])
+    loss_tokens, n_tokens = (int(v) for v in accelerator.reduce(counts.to(accelerator.device), reduction="sum"))
+    # Every token of the optimizer step weighs the same: the sum over all micro-batches and processes
+    # divided by their total count, not a mean of per-batch means (short batches would weigh more).
+    # DDP averages gradients over processes, hence the num_processes factor.
+    scale = accelerator.num_processes / max(loss_tokens, 1)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(micro):
+        sync = i == len(micro) - 1  # all-reduce gradients once, after the last micro-batch
+        with contextlib.nullcontext() if sync else accelerator.no_sync(run.loss_module):
+            summed = run.loss_module(**{k: v.to(accelerator.device) for k, v in batch.items()})
+            (summed * scale).backward()
+        loss_sum += summed.detach()
+    grad_norm = accelerator.clip_grad_norm_(trainable_parameters(run.model), spec.max_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    total = accelerator.reduce(loss_sum, reduction="sum")
+    return float(total) / max(loss_tokens, 1), float(grad_norm), n_tokens
+
+
+def _n_tokens(batch: dict[str, torch.Tensor]) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def _guard(loss: float, grad_norm: float, step: int, spec: TrainSpec) -> None:
+    """Stop on a diverged loss or an adapter that receives no gradient, naming the likely cause."""
+    if not math.isfinite(loss) or not math.isfinite(grad_norm):
+        raise TrainError(
+            f"step {step}: train loss is {loss} and gradient norm {grad_norm} (not finite). Likely causes: "
+            f"a learning rate too high for this base (train.lr={spec.lr}; try {spec.lr / 4:g}), bf16 overflow "
+            "(try train.precision=fp32), or a base/adapter weight that is already NaN (check the base file)"
+        )
+    if grad_norm == 0.0:
+        raise TrainError(
+            f"step {step}: the adapter's gradient norm is 0, so training cannot change it (a no-op adapter). "
+            "Likely causes: both LoRA matrices initialised to zero, lora.targets naming layers the loss does not "
+            "reach, or every label masked (check loss-token counts in OUTPUT/data_report.json)"
+        )
+
+
+@torch.no_grad()
+def evaluate_loss(loss_module: torch.nn.Module, batches: BatchPlan, accelerator: Accelerator) -> float:
+    """Mean token loss over the eval rows (summed over all processes, then divided by the token count)."""
+    was_training = loss_module.training
+    loss_module.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    module = accelerator.unwrap_model(loss_module)  # no DDP hooks: eval has no backward
+    for batch in batches.eval_batches():
+        totals[0] += module(**{k: v.to(accelerator.device) for k, v in batch.items()}).double()
+        totals[1] += count_loss_tokens(batch["labels"])
+    loss_module.train(was_training)
+    summed, count = accelerator.reduce(totals, reduction="sum").tolist()
+    return summed / max(count, 1.0)
+
+
+def _evaluate_and_track(run: _Run, state: LoopState) -> tuple[bool, str | None]:
+    """Eval, update best/patience, redraw loss.png; return (improved, early-stop reason or None)."""
+    eval_loss = evaluate_loss(run.loss_module, run.batches, run.accelerator)
+    state.eval_losses.append((state.step, eval_loss))
+    improved = state.best_eval_loss is None or eval_loss < state.best_eval_loss
+    if improved:
+        state.best_eval_loss, state.best_step, state.evals_since_best = eval_loss, state.step, 0
+    else:
+        state.evals_since_best += 1
+    if run.accelerator.is_main_process:
+        run.metrics.log("eval", state.step, epoch=round(state.epoch, 4), eval_loss=eval_loss, best=improved)
+        plot_losses(run.metrics.records, run.out_dir / "loss.png", best_step=state.best_step)
+    patience = run.spec.early_stopping_patience
+    if patience and state.evals_since_best >= patience:
+        return improved, (
+            f"early stop at step {state.step}: eval loss has not improved for {patience} evals "
+            f"(best {state.best_eval_loss:.4f} at step {state.best_step}; now {eval_loss:.4f})"
+        )
+    return improved, None
+
+
+def _save(run: _Run, state: LoopState) -> None:
+    rng_states = gather_object([rng_state()])  # one per process: dropout masks differ by rank
+    if run.accelerator.is_main_process:
+        save_checkpoint(run.checkpoints, run.model, run.optimizer, run.scheduler, state, run.identity, rng_states)
+        prune_checkpoints(run.checkpoints, run.spec.keep_checkpoints, state.best_step)
+    run.accelerator.wait_for_everyone()
+
+
+def _start_or_resume(run: _Run, resume: bool) -> LoopState:
+    """Fresh state, or the newest complete checkpoint restored (after checking nothing changed)."""
+    found = complete_checkpoints(run.checkpoints)
+    main = run.accelerator.is_main_process
+    if found and not resume:
+        raise TrainError(
+            f"{run.out_dir}: holds checkpoints of an earlier run (newest {found[-1].name}); pass --resume "
+            "to continue it, or set another output directory"
+        )
+    state = LoopState()
+    if found:
+        newest = found[-1]
+        check_identity(newest, read_checkpoint_state(newest)[1], run.identity)
+        state = load_checkpoint(newest, run.model, run.optimizer, run.scheduler, rank=run.accelerator.process_index)
+        if main:
+            tqdm.write(f"resuming from {newest} (step {state.step}, epoch {state.epoch:.2f})")
+    if main:
+        remove_partial(run.checkpoints)
+        run.metrics.truncate_after(state.step)  # a fresh run starts an empty metrics.jsonl
+    run.accelerator.wait_for_everyone()
+    return state
+
+
+def _finish(run: _Run, state: LoopState, stop_reason: str, resumed_from: int | None) -> TrainResult:
+    run.accelerator.wait_for_everyone()
+    if state.best_step is None or state.best_eval_loss is None:
+        raise TrainError(f"{run.out_dir}: no eval loss was recorded, so there is no best checkpoint to keep")
+    best = checkpoint_dir(run.checkpoints, state.best_step)
+    set_peft_model_state_dict(run.model, load_file(str(best / ADAPTER_SUBDIR / ADAPTER_WEIGHTS)))
+    run.model.eval()
+    return TrainResult(
+        out_dir=run.out_dir,
+        best_step=state.best_step,
+        best_eval_loss=state.best_eval_loss,
+        best_checkpoint=best,
+        final_step=state.step,
+        total_steps=run.plan.total_steps,
+        stop_reason=stop_reason,
+        train_losses=[(r["step"], r["loss"]) for r in run.metrics.records if r.get("event") == "train"],
+        eval_losses=list(state.eval_losses),
+        tokens_per_s=run.tokens_per_s,
+        resumed_from=resumed_from,
+    )
+
+
+def _last_eval(state: LoopState) -> str:
+    return f"{state.eval_losses[-1][1]:.4f}" if state.eval_losses else "-"

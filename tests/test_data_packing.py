@@ -1,0 +1,98 @@
+"""Packing: rows never attend across examples, the packer is deterministic, the loss weighs tokens."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from loraforge.data import (
+    IGNORE_INDEX,
+    collate_packed,
+    collate_padded,
+    count_loss_tokens,
+    pack_examples,
+    summed_token_loss,
+)
+from loraforge.data.types import TokenizedExample
+from loraforge.errors import DataError
+
+
+def _example(length: int, line: int, vocab: int = 500, seed: int = 0) -> TokenizedExample:
+    rng = random.Random(seed * 1000 + line)
+    ids = tuple(rng.randrange(10, vocab) for _ in range(length))
+    labels = tuple(IGNORE_INDEX if i < length // 2 else t for i, t in enumerate(ids))
+    return TokenizedExample(input_ids=ids, labels=labels, line=line)
+
+
+def test_packed_rows_do_not_attend_across_examples(tiny_base_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base_dir), dtype=torch.float32, attn_implementation="sdpa")
+    model.eval()
+    examples = [_example(n, line) for line, n in enumerate([23, 17, 40, 9, 30, 11], start=1)]
+    packed = pack_examples(examples, max_seq_len=64, seed=0)
+    assert any(len(seq.lengths) > 1 for seq in packed)
+    batch = collate_packed(packed)
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        for row, seq in enumerate(packed):
+            start = 0
+            for length in seq.lengths:
+                ids = torch.tensor([seq.input_ids[start : start + length]])
+                alone = model(input_ids=ids, use_cache=False).logits[0]
+                torch.testing.assert_close(logits[row, start : start + length], alone, atol=1e-5, rtol=0)
+                start += length
+
+
+def test_first_fit_decreasing_fills_bins_and_is_deterministic() -> None:
+    examples = [_example(n, i) for i, n in enumerate([50, 40, 30, 20, 14, 10, 6], start=1)]
+    first = pack_examples(examples, max_seq_len=64, seed=3)
+    again = pack_examples(examples, max_seq_len=64, seed=3)
+    assert first == again
+    assert sorted(sorted(s.lengths) for s in first) == [[6, 10, 30], [14, 50], [20, 40]]  # FFD by hand
+    assert all(len(s.input_ids) <= 64 for s in first)
+
+
+def test_position_ids_restart_and_first_label_of_each_example_is_ignored() -> None:
+    [seq] = pack_examples([_example(4, 1), _example(3, 2)], max_seq_len=16)
+    assert seq.position_ids == (0, 1, 2, 3, 0, 1, 2)
+    assert seq.labels[0] == IGNORE_INDEX and seq.labels[4] == IGNORE_INDEX
+
+
+def test_pack_refuses_an_example_longer_than_max_seq_len() -> None:
+    with pytest.raises(DataError, match="longer than max_seq_len=8"):
+        pack_examples([_example(9, 1)], max_seq_len=8)
+
+
+def test_collate_packed_pads_with_ignored_labels_and_a_separate_position_run() -> None:
+    seqs = pack_examples([_example(6, 1), _example(3, 2)], max_seq_len=6)
+    batch = collate_packed(seqs, pad_token_id=2)
+    short = [row for row in range(2) if batch["labels"][row, 3:].eq(IGNORE_INDEX).all()][0]
+    assert batch["input_ids"][short, 3:].tolist() == [2, 2, 2]
+    assert batch["position_ids"][short].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_collate_padded_masks_padding() -> None:
+    batch = collate_padded([_example(5, 1), _example(2, 2)])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch["labels"][1, 2:].eq(IGNORE_INDEX).all()
+
+
+def test_step_loss_is_the_mean_over_tokens_not_the_mean_of_row_means() -> None:
+    torch.manual_seed(0)
+    labels = torch.tensor(
+        [[IGNORE_INDEX, 5, 6, 7, 8, 9], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 3, 4]]
+    )
+    logits = torch.randn(2, 6, 12)
+    micro_batches = [(logits[:1], labels[:1]), (logits[1:], labels[1:])]
+    total_tokens = sum(count_loss_tokens(lab) for _, lab in micro_batches)
+    step_loss = sum(summed_token_loss(lg, lab) for lg, lab in micro_batches) / total_tokens
+    flat = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 12), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    row_means = torch.stack([summed_token_loss(lg, lab) / count_loss_tokens(lab) for lg, lab in micro_batches])
+    torch.testing.assert_close(step_loss, flat)
+    assert not torch.isclose(step_loss, row_means.mean())

@@ -1,0 +1,224 @@
+"""run_gate and `loraforge eval` on the tiny model: pass, block, reports, golden freeze, exit codes."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+
+from loraforge.cli import main
+from loraforge.config import EvalSpec, LoraSpec
+from loraforge.data.types import IGNORE_INDEX, Record
+from loraforge.evaluate import run_gate
+from loraforge.evaluate.scoring import Case, encode_reference
+from loraforge.files import sha256_file
+from loraforge.models import LoadedBase, attach_lora, load_base, save_adapter
+from loraforge.models.generate import generate_chat
+from loraforge.pipeline.evaluate_run import golden_freeze_notes, recorded_golden_sha256
+
+QUESTIONS = ["refund please", "my desk arrived broken", "where is my order", "charged twice", "hello", "thanks"]
+SPEC = EvalSpec(probes=[], max_new_tokens=6, batch_size=3)
+
+
+def identity_adapter(base: LoadedBase) -> PeftModel:
+    """A fresh adapter: B = 0, so it answers exactly like the base."""
+    return attach_lora(base.model, LoraSpec(r=4, dropout=0.0))
+
+
+def wrecking_adapter(base: LoadedBase) -> PeftModel:
+    """Large random B on purpose, so the adapter's answers differ from the base's."""
+    model = attach_lora(base.model, LoraSpec(r=4, dropout=0.0))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 2.0)
+    return model
+
+
+# The tiny random base stops at once (greedy picks the end-of-turn marker first), so what it
+# "knows" is to answer nothing; the golden rows check exactly that, and a wrecked adapter breaks it.
+ANSWERS_NOTHING = {"type": "regex", "pattern": "", "full_match": True}
+
+
+@pytest.fixture(scope="module")
+def golden_file(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Golden rows the tiny base passes, checked against its own greedy behaviour."""
+    base = load_base(str(tiny_base_dir))
+    prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    answers = generate_chat(base.model, base.tokenizer, prompts, max_new_tokens=SPEC.max_new_tokens, batch_size=3)
+    assert answers == [""] * len(QUESTIONS), "the tiny base changed; rebuild these golden rows from its answers"
+    path = tmp_path_factory.mktemp("golden") / "golden.jsonl"
+    lines = [
+        {
+            "id": f"g-{i}",
+            "slice": "tickets",
+            "messages": [*p, {"role": "assistant", "content": "ok"}],
+            "checks": [ANSWERS_NOTHING],
+        }
+        for i, p in enumerate(prompts)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    return path
+
+
+def records(path: Path) -> list[Record]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [
+        Record(path, i + 1, "chat", tuple(r["messages"]), id=r["id"], slice=r["slice"], checks=tuple(r["checks"]))
+        for i, r in enumerate(rows)
+    ]
+
+
+class _Tables(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table_ids: list[str] = []
+        self.cells: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "table" and found.get("id"):
+            self.table_ids.append(str(found["id"]))
+        for key in ("src", "href"):
+            if found.get(key):
+                self.external.append(str(found[key]))
+
+    def handle_data(self, data: str) -> None:
+        self.cells.append(data.strip())
+
+
+def test_identity_adapter_passes_and_keeps_per_row_outputs(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path
+) -> None:
+    base = load_base(str(tiny_base_dir))
+    report = run_gate(base, identity_adapter(base), records(golden_file), SPEC, tmp_path)
+    assert report.verdict == "pass" and report.reasons == []
+    assert report.slices["tickets"].rate("adapter") == 1.0
+    row = report.to_dict()["rows"][0]
+    assert row["outputs"]["base"] == row["outputs"]["adapter"] and row["question"] == QUESTIONS[0]
+    assert report.slices["tickets"].loss["adapter"] == pytest.approx(report.slices["tickets"].loss["base"])
+
+
+def test_reference_loss_covers_the_answer_and_its_end_of_turn_only(tiny_base_dir: Path) -> None:
+    tokenizer = load_base(str(tiny_base_dir)).tokenizer
+    case = Case("x", "s", "w", ({"role": "user", "content": "where is my order"},), "the order", (), 8)
+    ids, labels = encode_reference(tokenizer, case)
+    kept = [token for token, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(kept) == "the order<|im_end|>"
+
+
+def test_wrecking_adapter_is_blocked_with_reasons(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
+    base = load_base(str(tiny_base_dir))
+    report = run_gate(base, wrecking_adapter(base), records(golden_file), SPEC, tmp_path)
+    assert report.verdict == "block"
+    assert "slice 'tickets'" in report.reasons[0] and "base 100.0% (6/6)" in report.reasons[0]
+    assert report.slices["tickets"].loss["adapter"] != report.slices["tickets"].loss["base"]
+
+
+def test_base_answers_come_from_the_disabled_adapter_not_a_copy(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path
+) -> None:
+    base = load_base(str(tiny_base_dir))
+    model = wrecking_adapter(base)
+    was_training = model.training
+    report = run_gate(base, model, records(golden_file), SPEC, tmp_path)
+    assert report.slices["tickets"].rate("base") == 1.0
+    assert model.active_adapter == "default" and model.training == was_training
+
+
+def test_html_report_parses_and_holds_the_slice_table(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
+    base = load_base(str(tiny_base_dir))
+    run_gate(base, wrecking_adapter(base), records(golden_file), SPEC, tmp_path)
+    parser = _Tables()
+    parser.feed((tmp_path / "report.html").read_text())
+    assert "slices" in parser.table_ids and "tickets" in parser.cells and "BLOCK" in parser.cells
+    assert parser.external == []
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["verdict"] == "block" and set(saved["slices"]["tickets"]) >= {"n", "base", "adapter"}
+    assert "## Why it blocks" in (tmp_path / "report.md").read_text()
+
+
+def test_against_adapter_is_scored_and_removed_after(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
+    base = load_base(str(tiny_base_dir))
+    shipped = tmp_path / "shipped"
+    save_adapter(identity_adapter(load_base(str(tiny_base_dir))), shipped, {"base": {"fingerprint": base.fingerprint}})
+    model = wrecking_adapter(base)
+    report = run_gate(base, model, records(golden_file), SPEC, tmp_path / "eval", against=shipped)
+    assert report.roles == ["base", "adapter", "against"] and report.slices["tickets"].rate("against") == 1.0
+    assert any("vs against" in r for r in report.reasons) and list(model.peft_config) == ["default"]
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def write_run(tmp_path: Path, tiny_base_dir: Path, golden_file: Path, wreck: bool) -> Path:
+    """A config plus OUTPUT/adapter whose manifest froze the golden file's hash."""
+    base = load_base(str(tiny_base_dir))
+    model = wrecking_adapter(base) if wreck else identity_adapter(base)
+    output = tmp_path / "run"
+    manifest = {"base": {"fingerprint": base.fingerprint}, "data": {"golden_sha256": sha256_file(golden_file)}}
+    save_adapter(model, output / "adapter", manifest)
+    golden = tmp_path / "golden.jsonl"
+    golden.write_bytes(golden_file.read_bytes())
+    config = {
+        "base": str(tiny_base_dir),
+        "output": str(output),
+        "data": {"train": str(golden), "golden": str(golden)},
+        "eval": {"probes": [], "max_new_tokens": SPEC.max_new_tokens, "batch_size": 3},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_eval_exits_0_when_the_gate_passes(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
+    config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=False)
+    assert main(["eval", str(config)]) == 0
+    assert json.loads((tmp_path / "run" / "eval" / "report.json").read_text())["verdict"] == "pass"
+
+
+def test_eval_exits_3_when_the_gate_blocks(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=True)
+    assert main(["eval", str(config)]) == 3
+    assert "slice 'tickets'" in capsys.readouterr().err
+
+
+def test_changed_golden_file_is_refused_with_exit_2(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=False)
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(golden.read_text().replace('"g-0"', '"g-zero"'))
+    assert main(["eval", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "golden set changed since training" in err and "--allow-new-golden" in err
+    assert not (tmp_path / "run" / "eval" / "report.json").exists()
+
+
+def test_allow_new_golden_runs_and_the_report_says_so(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
+    config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=False)
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(golden.read_text().replace('"g-0"', '"g-zero"'))
+    assert main(["eval", str(config), "--allow-new-golden"]) == 0
+    saved = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert any("changed since training" in note for note in saved["notes"]) and saved["allow_new_golden"] is True
+
+
+def test_golden_hash_falls_back_to_the_data_report(tmp_path: Path) -> None:
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "data_report.json").write_text(json.dumps({"golden_sha256": "abc"}))
+    assert recorded_golden_sha256(tmp_path / "adapter", tmp_path) == ("abc", str(tmp_path / "data_report.json"))
+
+
+def test_unfrozen_golden_set_is_noted_not_refused(tmp_path: Path) -> None:
+    notes = golden_freeze_notes(tmp_path / "g.jsonl", "new", None, "", allow_new=False)
+    assert len(notes) == 1 and "was not frozen" in notes[0]

@@ -1,0 +1,123 @@
+"""Speed work must not change the math: loraforge's training path against a plain PEFT loop
+(fp32, padded batches, the model's own loss) on the tiny model, with the same rows in the same order."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from test_train_batches import tiny_examples
+from transformers import get_cosine_schedule_with_warmup
+
+from loraforge.config import LoraSpec, TrainSpec
+from loraforge.data import collate_packed, collate_padded, count_loss_tokens, pack_examples
+from loraforge.data.types import TokenizedExample
+from loraforge.models import attach_lora, load_base
+from loraforge.train import BatchPlan, train
+from loraforge.train.fused_lora import fuse_lora_layers
+from loraforge.train.loss import TokenLossSum
+
+LR = 5e-3
+STEPS = 50
+
+
+def _model(base_dir: Path, seed: int = 0) -> PeftModel:
+    """fp32 tiny base with an adapter whose B is non-zero, so A receives a gradient in step one too."""
+    torch.manual_seed(seed)
+    model = attach_lora(load_base(str(base_dir), dtype=torch.float32).model, LoraSpec(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.02)
+    return model
+
+
+def _collate_packed_within(rows: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+    """The micro-batch's own rows packed together: same rows per step as the padded loop."""
+    return collate_packed(pack_examples(list(rows), max_seq_len=128, seed=0))
+
+
+def _plans(base_dir: Path) -> tuple[BatchPlan, BatchPlan]:
+    rows = tiny_examples(base_dir, 32)
+    packed = BatchPlan(rows[:24], rows[24:], _collate_packed_within, micro_batch_size=4, seed=0)
+    padded = BatchPlan(rows[:24], rows[24:], partial(collate_padded, pad_token_id=0), micro_batch_size=4, seed=0)
+    return packed, padded
+
+
+def _grads(model: PeftModel) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
+
+
+def _plain_peft_loss(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def test_one_step_gradient_matches_a_plain_peft_step(tiny_base_dir: Path) -> None:
+    packed_plan, padded_plan = _plans(tiny_base_dir)
+    ours, plain = _model(tiny_base_dir), _model(tiny_base_dir)
+    assert fuse_lora_layers(ours) == 14  # 7 adapted layers x 2 blocks: the step below runs the fused path
+    batch = packed_plan.train_batch(0)
+    (TokenLossSum(ours)(**batch) / count_loss_tokens(batch["labels"])).backward()
+    _plain_peft_loss(plain, padded_plan.train_batch(0)).backward()
+    expected = _grads(plain)
+    assert float(expected.norm()) > 0
+    assert float((_grads(ours) - expected).norm() / expected.norm()) < 1e-5
+
+
+def _plain_peft_run(base_dir: Path, plan: BatchPlan) -> tuple[list[float], PeftModel]:
+    model = _model(base_dir)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.1 * STEPS), STEPS)
+    losses = []
+    for step in range(STEPS):
+        loss = _plain_peft_loss(model, plan.train_batch(step))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses, model
+
+
+@torch.no_grad()
+def _plain_eval_loss(model: PeftModel, plan: BatchPlan) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in plan.eval_batches():
+        n = count_loss_tokens(batch["labels"])
+        total += float(_plain_peft_loss(model, batch)) * n
+        count += n
+    return total / count
+
+
+@pytest.fixture(scope="module")
+def fifty_steps(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    packed_plan, padded_plan = _plans(tiny_base_dir)
+    spec = TrainSpec(epochs=100, max_steps=STEPS, lr=LR, warmup_ratio=0.1, weight_decay=0.0, micro_batch_size=4,
+                     grad_accum=1, max_grad_norm=1.0, eval_every=100, precision="fp32")  # fmt: skip
+    result = train(_model(tiny_base_dir), packed_plan, spec, tmp_path_factory.mktemp("run"), identity={})
+    plain_losses, plain_model = _plain_peft_run(tiny_base_dir, padded_plan)
+    return {"ours": result, "plain_losses": plain_losses, "plain_eval": _plain_eval_loss(plain_model, padded_plan)}
+
+
+def test_fifty_step_losses_track_a_plain_peft_loop(fifty_steps: dict[str, object]) -> None:
+    ours = [loss for _, loss in fifty_steps["ours"].train_losses]  # type: ignore[attr-defined]
+    plain = fifty_steps["plain_losses"]
+    assert len(ours) == len(plain) == STEPS  # type: ignore[arg-type]
+    assert plain[-1] < plain[0]  # type: ignore[index]
+    far = [(i, a, b) for i, (a, b) in enumerate(zip(ours, plain, strict=True)) if abs(a - b) > 1e-3 + 1e-2 * abs(b)]  # type: ignore[arg-type]
+    assert not far, f"steps whose loss left the band (step, ours, plain): {far[:5]}"
+
+
+def test_final_eval_loss_matches_a_plain_peft_loop_within_half_a_percent(fifty_steps: dict[str, object]) -> None:
+    final_step, ours = fifty_steps["ours"].eval_losses[-1]  # type: ignore[attr-defined]
+    assert final_step == STEPS
+    assert ours == pytest.approx(fifty_steps["plain_eval"], rel=5e-3)

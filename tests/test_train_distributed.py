@@ -1,0 +1,73 @@
+"""Two CPU processes (DDP over gloo, through `accelerate launch`) follow the single-process loss curve.
+
+The worker is this file run as a script, once plainly and once under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEC = dict(lr=5e-3, warmup_ratio=0.0, grad_accum=2, max_steps=4, eval_every=0.5, precision="fp32")
+GLOBAL_MICRO_BATCH = 4  # rows per micro-batch across all processes
+
+
+def run_worker(base_dir: Path, out: Path) -> None:
+    """Train with GLOBAL_MICRO_BATCH split over however many processes were launched."""
+    import torch
+    from accelerate import Accelerator
+    from test_train_batches import tiny_plan
+    from transformers import set_seed
+
+    from loraforge.config import LoraSpec, TrainSpec
+    from loraforge.models import attach_lora, load_base
+    from loraforge.train import train
+
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(0)
+    model = attach_lora(load_base(str(base_dir)).model, LoraSpec(r=4, alpha=8, dropout=0.0))
+    micro = GLOBAL_MICRO_BATCH // world
+    plan = tiny_plan(base_dir, n_train=32, micro=micro, world_size=world, rank=rank)
+    spec = TrainSpec(**{**SPEC, "micro_batch_size": micro})
+    result = train(model, plan, spec, out, identity={}, accelerator=accelerator)
+    if accelerator.is_main_process:
+        losses = {"train": result.train_losses, "eval": result.eval_losses, "world": world}
+        (out / "losses.json").write_text(json.dumps(losses))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _launch(prefix: list[str], base_dir: Path, out: Path) -> dict[str, list[list[float]]]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run([*prefix, __file__, str(base_dir), str(out)], env=env, capture_output=True, timeout=400)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return json.loads((out / "losses.json").read_text())
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_base_dir: Path, tmp_path: Path) -> None:
+    single = _launch([sys.executable], tiny_base_dir, tmp_path / "one")
+    # --multi_gpu selects accelerate's torchrun launcher; without GPUs the processes join over gloo
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    accelerate += ["--main_process_port", str(_free_port())]
+    double = _launch(accelerate, tiny_base_dir, tmp_path / "two")
+    assert double["world"] == 2
+    for curve in ("train", "eval"):
+        ours, theirs = [loss for _, loss in single[curve]], [loss for _, loss in double[curve]]
+        assert ours == pytest.approx(theirs, rel=1e-4)
+
+
+if __name__ == "__main__":
+    run_worker(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,87 @@
+"""Crash-safe resume: SIGKILL mid-run, resume, and end with the bytes of an uninterrupted run.
+
+The worker is this file run as a script (`python tests/test_train_resume.py OUT [--resume]`), so
+the killed process is a real separate process, as with `loraforge train`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loraforge.config import LoraSpec, TrainSpec
+from loraforge.errors import TrainError
+
+SPEC = dict(lr=5e-3, warmup_ratio=0.1, micro_batch_size=4, grad_accum=2, epochs=4, eval_every=0.25, precision="fp32")
+WEIGHTS = "adapter_model.safetensors"
+
+
+def run_worker(base_dir: Path, out: Path, resume: bool, identity: str = "v1", **spec: object) -> None:
+    """Train on the tiny model and export the best adapter (what the worker process does)."""
+    import torch
+    from test_train_batches import tiny_plan
+    from transformers import set_seed
+
+    from loraforge.models import attach_lora, load_base
+    from loraforge.train import export_adapter, train
+
+    torch.set_num_threads(1)  # same kernels and reduction order in every run
+    set_seed(0)
+    model = attach_lora(load_base(str(base_dir)).model, LoraSpec(r=4, alpha=8, dropout=0.1))
+    plan = tiny_plan(base_dir, n_train=32, micro=4)
+    train(model, plan, TrainSpec(**{**SPEC, **spec}), out, identity={"data": identity}, resume=resume)
+    export_adapter(model, out / "adapter", {"seed": 0})
+
+
+def _spawn(base_dir: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    cmd = [sys.executable, __file__, str(base_dir), str(out), *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen[bytes], timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((p / "state.json").is_file() for p in (out / "checkpoints").glob("step-*")):
+            return
+        time.sleep(0.01)
+    raise AssertionError(
+        f"no checkpoint appeared (worker exited {proc.returncode}): {proc.stderr and proc.stderr.read()!r}"
+    )
+
+
+def test_killed_and_resumed_run_ends_with_identical_adapter_bytes(tiny_base_dir: Path, tmp_path: Path) -> None:
+    straight = _spawn(tiny_base_dir, tmp_path / "straight")
+    assert straight.wait(timeout=300) == 0, straight.stderr and straight.stderr.read()
+    victim = _spawn(tiny_base_dir, tmp_path / "killed")
+    _wait_for_checkpoint(tmp_path / "killed", victim)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    steps_done = [p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*")]
+    assert not (tmp_path / "killed" / "adapter").exists(), f"the run finished before the kill ({steps_done})"
+    resumed = _spawn(tiny_base_dir, tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr and resumed.stderr.read()
+    expected = (tmp_path / "straight" / "adapter" / WEIGHTS).read_bytes()
+    assert (tmp_path / "killed" / "adapter" / WEIGHTS).read_bytes() == expected
+
+
+def test_resume_with_changed_data_is_refused_showing_the_difference(tiny_base_dir: Path, tmp_path: Path) -> None:
+    run_worker(tiny_base_dir, tmp_path, resume=False, max_steps=2)
+    with pytest.raises(TrainError, match=r"(?s)cannot resume.*data: checkpoint has 'v1', now 'v2'"):
+        run_worker(tiny_base_dir, tmp_path, resume=True, identity="v2", max_steps=2)
+
+
+def test_new_run_into_a_used_output_is_refused(tiny_base_dir: Path, tmp_path: Path) -> None:
+    run_worker(tiny_base_dir, tmp_path, resume=False, max_steps=2)
+    with pytest.raises(TrainError, match="pass --resume"):
+        run_worker(tiny_base_dir, tmp_path, resume=False, max_steps=2)
+
+
+if __name__ == "__main__":
+    run_worker(Path(sys.argv[1]), Path(sys.argv[2]), resume="--resume" in sys.argv)

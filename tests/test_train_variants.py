@@ -1,0 +1,77 @@
+"""Every lora.variant trains a few steps on the tiny model and its adapter round-trips through plain PEFT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from peft import PeftModel
+from test_train_batches import tiny_plan
+from transformers import AutoModelForCausalLM, set_seed
+
+from loraforge.config import LoraSpec, TrainSpec
+from loraforge.models import attach_lora, load_base, read_manifest
+from loraforge.train import (
+    build_optimizer,
+    evaluate_loss,
+    export_adapter,
+    qlora_quantization_config,
+    save_initial_adapter,
+    train,
+)
+from loraforge.train.loss import TokenLossSum
+
+VARIANTS = ["lora", "dora", "rslora", "pissa", "loraplus", "qlora"]
+SPEC = TrainSpec(lr=5e-3, warmup_ratio=0.0, micro_batch_size=4, grad_accum=1, max_steps=4, eval_every=0.3)
+
+
+def _base_model(base_dir: Path, variant: str) -> torch.nn.Module:
+    quantization = qlora_quantization_config(torch.float32) if variant == "qlora" else None
+    return load_base(str(base_dir), quantization_config=quantization).model
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_trains_and_its_adapter_loads_in_plain_peft(variant: str, tiny_base_dir: Path, tmp_path: Path) -> None:
+    set_seed(0)
+    model = attach_lora(_base_model(tiny_base_dir, variant), LoraSpec(r=4, alpha=8, dropout=0.0, variant=variant))
+    initial = save_initial_adapter(model, tmp_path) if variant == "pissa" else None
+    ratio = 16.0 if variant == "loraplus" else None
+    plan = tiny_plan(tiny_base_dir, micro=4)
+    before = evaluate_loss(TokenLossSum(model), plan, Accelerator())
+    result = train(model, plan, SPEC, tmp_path / "run", identity={}, loraplus_lr_ratio=ratio)
+    assert result.best_eval_loss < before
+    adapter_dir = export_adapter(model, tmp_path / "adapter", {"base": {"fingerprint": "f"}}, initial)
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 44, 12]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits.float()
+        # PiSSA changed the base weights in `model`; the exported adapter must load on the ORIGINAL base
+        plain = PeftModel.from_pretrained(_plain_base(tiny_base_dir, variant), str(adapter_dir)).eval()
+        got = plain(input_ids=ids).logits.float()
+    # bitsandbytes' CPU inference kernel rounds the 4-bit block scales to bf16 on first use
+    torch.testing.assert_close(got, expected, atol=1e-2 if variant == "qlora" else 2e-4, rtol=0)
+    assert read_manifest(adapter_dir)["base"]["fingerprint"] == "f"
+
+
+def _plain_base(base_dir: Path, variant: str) -> torch.nn.Module:
+    if variant == "qlora":
+        return AutoModelForCausalLM.from_pretrained(
+            str(base_dir), quantization_config=qlora_quantization_config(torch.float32)
+        )
+    return AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+
+
+def test_qlora_base_is_stored_in_4bit_nf4(tiny_base_dir: Path) -> None:
+    model = _base_model(tiny_base_dir, "qlora")
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "Linear4bit"
+    assert q_proj.weight.quant_state.quant_type == "nf4"
+
+
+def test_loraplus_gives_b_a_higher_learning_rate(tiny_base_dir: Path) -> None:
+    model = attach_lora(_base_model(tiny_base_dir, "lora"), LoraSpec(r=4, variant="loraplus"))
+    optimizer = build_optimizer(model, TrainSpec(lr=1e-4), loraplus_lr_ratio=16.0)
+    b_ids = {id(p) for n, p in model.named_parameters() if "lora_B" in n}
+    lrs = {("B" if id(p) in b_ids else "A"): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lrs == {"A": 1e-4, "B": 1.6e-3}
