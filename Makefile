@@ -37,9 +37,12 @@ lint: setup
 	$(VENV)/bin/lint-imports
 	$(PY) -m loraforge config docs | diff -q - docs/config.md >/dev/null || \
 		(echo "docs/config.md is stale: run '$(PY) -m loraforge config docs --out docs/config.md'"; exit 1)
+	$(PY) -m loraforge docs cli | diff -q - docs/cli.md >/dev/null || \
+		(echo "docs/cli.md is stale: run '$(PY) -m loraforge docs cli --out docs/cli.md'"; exit 1)
 
 docs: setup
 	$(PY) -m loraforge config docs --out docs/config.md
+	$(PY) -m loraforge docs cli --out docs/cli.md
 
 bench: setup
 	$(PIP) install -q --disable-pip-version-check -e '.[bench]'

@@ -62,3 +62,10 @@ def test_models_show_prints_the_card(tiny_base_dir: Path, capsys: pytest.Capture
 def test_missing_base_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "show", "/nope/model"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_usage_error_is_one_message_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["no-such-command"]) == 2
+    assert main(["train"]) == 2  # missing CONFIG
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No such command" in err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -53,14 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     except LoraforgeError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         code = exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("aborted")
         code = 1
+    except typer.exceptions.TyperException as exc:  # typer's own click: usage errors, missing arguments
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"[bold red]error:[/] {exc}")
+        code = int(getattr(exc, "exit_code", 2))
     if argv is None:
         sys.exit(code)
     return code

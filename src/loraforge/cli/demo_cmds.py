@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
-from loraforge.cli.render import data_summary, gate_table, train_table
+from loraforge.cli.render import data_summary, report_gate, train_table
 from loraforge.config import DEFAULT_BASE
 from loraforge.errors import GateBlocked
 
@@ -69,14 +69,11 @@ def _data(payload: dict[str, Any]) -> None:
         console.print(text if color else escape(text), highlight=False)
 
 
-def _gate(report: Any) -> None:
-    console.print(gate_table(report))
-    for line in report.improvements:
-        console.print(f"  {line}")
-    verdict = "[bold green]pass[/]" if report.passed else "[bold red]block[/]"
-    console.print(f"verdict: {verdict}")
-    for reason in report.reasons:
-        console.print(f"  - {escape(reason)}")
+def _gate(payload: dict[str, Any]) -> None:
+    try:
+        report_gate(console, payload["report"], payload["eval_dir"])
+    except GateBlocked as blocked:
+        console.print(f"[bold red]gate: block[/]\n{escape(str(blocked))}")  # demo() exits 3 after showing the rest
 
 
 def _side_by_side(rows: list[dict[str, str]]) -> None:

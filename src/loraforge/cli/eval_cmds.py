@@ -8,8 +8,7 @@ import typer
 from rich.console import Console
 
 from loraforge.cli.common import SET_OPTION, load
-from loraforge.cli.render import gate_table
-from loraforge.errors import GateBlocked
+from loraforge.cli.render import report_gate
 
 console = Console()
 
@@ -28,15 +27,7 @@ def eval_command(
 
     config = load(config_path, overrides)
     report = evaluate_run(config, adapter, against, allow_new_golden)
-    console.print(gate_table(report))
-    for note in report.notes:
-        console.print(f"[yellow]note[/]: {note}")
-    for line in report.improvements:
-        console.print(f"  {line}")
-    console.print(f"reports: {config.output / EVAL_DIR_NAME}/report.{{json,md,html}}")
-    if not report.passed:
-        raise GateBlocked("eval gate blocked the adapter:\n" + "\n".join(f"  - {r}" for r in report.reasons))
-    console.print("[bold green]gate: pass[/]")
+    report_gate(console, report, config.output / EVAL_DIR_NAME)
 
 
 def register(app: typer.Typer) -> None:

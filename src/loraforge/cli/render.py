@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from loraforge.errors import GateBlocked
 
 
 def data_summary(report: dict[str, Any], output: Path) -> Table:
@@ -67,3 +71,16 @@ def gate_table(report: Any) -> Table:
             name + (" (probe)" if score.probe else ""), str(score.n), *(f"{score.rate(r):.1%}" for r in report.roles)
         )
     return table
+
+
+def report_gate(console: Console, report: Any, eval_dir: Path) -> None:
+    """Print the gate's table, notes and improvements; raise GateBlocked (exit 3) when it blocks."""
+    console.print(gate_table(report))
+    for note in report.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+    for line in report.improvements:
+        console.print(f"  {escape(line)}")
+    console.print(f"reports: {eval_dir}/report.{{json,md,html}}")
+    if not report.passed:
+        raise GateBlocked("eval gate blocked the adapter:\n" + "\n".join(f"  - {r}" for r in report.reasons))
+    console.print("[bold green]gate: pass[/]")

@@ -8,8 +8,7 @@ import typer
 from rich.console import Console
 
 from loraforge.cli.common import SET_OPTION, load
-from loraforge.cli.render import gate_table, train_table
-from loraforge.errors import GateBlocked
+from loraforge.cli.render import report_gate, train_table
 
 console = Console()
 
@@ -19,8 +18,7 @@ def train(
     overrides: list[str] = SET_OPTION,
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in OUTPUT."),
 ) -> None:
-    """Train the adapter, keep the best checkpoint by eval loss in OUTPUT/adapter, then run the eval
-    gate on it (eval.gate) and record the verdict in its manifest; exit 3 when the gate blocks."""
+    """Train, keep the best checkpoint in OUTPUT/adapter, gate it (exit 3 when blocked) and record the verdict."""
     from loraforge.pipeline.run import train_and_gate  # deferred: torch imports cost seconds
 
     config = load(config_path, overrides)
@@ -32,11 +30,7 @@ def train(
     if report is None:
         console.print("[yellow]gate off[/] (eval.gate: false): run `loraforge eval` before shipping this adapter")
         return
-    console.print(gate_table(report))
-    console.print(f"reports: {config.output / 'eval'}/report.{{json,md,html}}")
-    if not report.passed:
-        raise GateBlocked("eval gate blocked the adapter:\n" + "\n".join(f"  - {r}" for r in report.reasons))
-    console.print("[bold green]gate: pass[/] (recorded in the adapter manifest)")
+    report_gate(console, report, config.output / "eval")  # the verdict is in the adapter manifest too
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,12 @@
 """Base models: resolve a spec (alias, HF dir, .gguf), load it, fingerprint it, attach LoRA."""
 
+import logging
+
+# bitsandbytes (imported by PEFT) warns on every start that the optional `kernels` package, which
+# fetches a CPU 4-bit kernel from a hub, is missing. Nothing may download here, and its built-in
+# fallback is what QLoRA uses on CPU, so the warning is noise for every command.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from loraforge.models.adapter import (
     MANIFEST_NAME,
     load_adapter,

@@ -95,7 +95,7 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     outcome = train_and_gate(config)
     show("train", outcome.train)
     if outcome.gate is not None:
-        show("gate", outcome.gate)
+        show("gate", {"report": outcome.gate, "eval_dir": config.output / "eval"})
         show("side_by_side", side_by_side(outcome.gate, n=3))
     show("paths", artifact_paths(config))
     return DemoResult(config, card, data, outcome)
