@@ -26,7 +26,7 @@ demo-quick: setup
 	$(VENV)/bin/loraforge demo --quick
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from loraforge.config import LoraSpec, TrainSpec
 from loraforge.data import collate_packed, collate_padded, count_loss_tokens, pack_examples
 from loraforge.data.types import TokenizedExample
 from loraforge.models import attach_lora, load_base
-from loraforge.train import BatchPlan, train
+from loraforge.train import BatchPlan, TrainResult, train
 from loraforge.train.fused_lora import fuse_lora_layers
 from loraforge.train.loss import TokenLossSum
 
@@ -61,12 +62,23 @@ def test_one_step_gradient_matches_a_plain_peft_step(tiny_base_dir: Path) -> Non
     packed_plan, padded_plan = _plans(tiny_base_dir)
     ours, plain = _model(tiny_base_dir), _model(tiny_base_dir)
     assert fuse_lora_layers(ours) == 14  # 7 adapted layers x 2 blocks: the step below runs the fused path
+    ours.train()  # the fused path serves training forwards only
+    plain.train()
     batch = packed_plan.train_batch(0)
     (TokenLossSum(ours)(**batch) / count_loss_tokens(batch["labels"])).backward()
     _plain_peft_loss(plain, padded_plan.train_batch(0)).backward()
     expected = _grads(plain)
     assert float(expected.norm()) > 0
     assert float((_grads(ours) - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_fused_layers_leave_eval_forwards_to_peft(tiny_base_dir: Path) -> None:
+    packed_plan, _ = _plans(tiny_base_dir)
+    fused, plain = _model(tiny_base_dir), _model(tiny_base_dir)
+    fuse_lora_layers(fused)
+    batch = packed_plan.train_batch(0)
+    with torch.no_grad():
+        assert torch.equal(TokenLossSum(fused.eval())(**batch), TokenLossSum(plain.eval())(**batch))
 
 
 def _plain_peft_run(base_dir: Path, plan: BatchPlan) -> tuple[list[float], PeftModel]:
@@ -98,26 +110,33 @@ def _plain_eval_loss(model: PeftModel, plan: BatchPlan) -> float:
     return total / count
 
 
+@dataclass
+class FiftySteps:
+    ours: TrainResult
+    plain_losses: list[float]
+    plain_eval_loss: float
+
+
 @pytest.fixture(scope="module")
-def fifty_steps(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def fifty_steps(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FiftySteps:
     packed_plan, padded_plan = _plans(tiny_base_dir)
     spec = TrainSpec(epochs=100, max_steps=STEPS, lr=LR, warmup_ratio=0.1, weight_decay=0.0, micro_batch_size=4,
                      grad_accum=1, max_grad_norm=1.0, eval_every=100, precision="fp32")  # fmt: skip
     result = train(_model(tiny_base_dir), packed_plan, spec, tmp_path_factory.mktemp("run"), identity={})
     plain_losses, plain_model = _plain_peft_run(tiny_base_dir, padded_plan)
-    return {"ours": result, "plain_losses": plain_losses, "plain_eval": _plain_eval_loss(plain_model, padded_plan)}
+    return FiftySteps(result, plain_losses, _plain_eval_loss(plain_model, padded_plan))
 
 
-def test_fifty_step_losses_track_a_plain_peft_loop(fifty_steps: dict[str, object]) -> None:
-    ours = [loss for _, loss in fifty_steps["ours"].train_losses]  # type: ignore[attr-defined]
-    plain = fifty_steps["plain_losses"]
-    assert len(ours) == len(plain) == STEPS  # type: ignore[arg-type]
-    assert plain[-1] < plain[0]  # type: ignore[index]
-    far = [(i, a, b) for i, (a, b) in enumerate(zip(ours, plain, strict=True)) if abs(a - b) > 1e-3 + 1e-2 * abs(b)]  # type: ignore[arg-type]
+def test_fifty_step_losses_track_a_plain_peft_loop(fifty_steps: FiftySteps) -> None:
+    ours = [loss for _, loss in fifty_steps.ours.train_losses]
+    plain = fifty_steps.plain_losses
+    assert len(ours) == len(plain) == STEPS
+    assert plain[-1] < plain[0]
+    far = [(i, a, b) for i, (a, b) in enumerate(zip(ours, plain, strict=True)) if abs(a - b) > 1e-3 + 1e-2 * abs(b)]
     assert not far, f"steps whose loss left the band (step, ours, plain): {far[:5]}"
 
 
-def test_final_eval_loss_matches_a_plain_peft_loop_within_half_a_percent(fifty_steps: dict[str, object]) -> None:
-    final_step, ours = fifty_steps["ours"].eval_losses[-1]  # type: ignore[attr-defined]
+def test_final_eval_loss_matches_a_plain_peft_loop_within_half_a_percent(fifty_steps: FiftySteps) -> None:
+    final_step, ours = fifty_steps.ours.eval_losses[-1]
     assert final_step == STEPS
-    assert ours == pytest.approx(fifty_steps["plain_eval"], rel=5e-3)
+    assert ours == pytest.approx(fifty_steps.plain_eval_loss, rel=5e-3)

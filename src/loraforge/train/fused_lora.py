@@ -69,12 +69,15 @@ class _LoraLinearFn(torch.autograd.Function):
 
 def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     active = self.active_adapters
-    if args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or not _plain(self, active[0]):
+    # eval and inference (self.training False) keep PEFT's forward: what the gate and serving see is
+    # exactly what a PeftModel loaded from the saved adapter computes
+    fusable = self.training and not (args or kwargs or self.disable_adapters or self.merged)
+    if not fusable or len(active) != 1 or not _plain(self, active[0]):
         return LoraLinear.forward(self, x, *args, **kwargs)
     name = active[0]
     base = self.get_base_layer()
     dropout = self.lora_dropout[name]
-    p = float(dropout.p) if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    p = float(dropout.p) if isinstance(dropout, nn.Dropout) else 0.0
     return _LoraLinearFn.apply(  # type: ignore[no-any-return]
         x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]), p
     )
@@ -93,8 +96,9 @@ def _plain(layer: LoraLinear, name: str) -> bool:
 def fuse_lora_layers(model: nn.Module) -> int:
     """Route every plain-LoRA linear layer of `model` through the fused Function; returns how many.
 
-    Other layers (DoRA, 4-bit bases, disabled or merged adapters) keep PEFT's forward, checked at
-    every call, so the model stays correct if the adapter is later merged or switched off.
+    Only training forwards are fused. Other layers (DoRA, 4-bit bases) and other calls (eval mode,
+    disabled or merged adapters) keep PEFT's forward, checked at every call, so the model stays
+    correct if it is later evaluated, merged or switched off.
     """
     count = 0
     for module in model.modules():

@@ -1,0 +1,93 @@
+"""C: loraforge's own loop, `loraforge.train.train`, on its real path: bf16 frozen base (precision
+auto on this CPU), fp32 adapters, packed rows, loss and output head only at loss positions.
+
+Each optimizer step's ROWS_PER_STEP rows are packed (first-fit) into rows of at most --pack-len
+tokens and collated into one micro-batch, so every arm sees the same rows per step in the same
+order; only BatchPlan's row grouping is replaced, the loop is the one `loraforge train` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from common import (
+    LORA,
+    LR,
+    ROWS_PER_STEP,
+    SEED,
+    WARMUP_RATIO,
+    bench_rows,
+    peak_rss_bytes,
+    result_line,
+    set_threads,
+    tokenize,
+)
+
+from loraforge.config import LoraSpec, TrainSpec
+from loraforge.data import collate_packed, pack_examples
+from loraforge.data.types import PackedSequence, TokenizedExample
+from loraforge.models import attach_lora, load_base
+from loraforge.train import BatchPlan, read_metrics, resolve_base_dtype, train
+from loraforge.train.batches import Batch, to_tensors
+
+
+class StepGroups(BatchPlan):
+    """One micro-batch per optimizer step: the packed rows of that step's examples, in order."""
+
+    def train_batch(self, micro_index: int) -> Batch:
+        return to_tensors(self.collate(self.train_rows[micro_index]))
+
+    def eval_batches(self) -> list[Batch]:
+        return [to_tensors(self.collate(group)) for group in self.eval_rows]
+
+
+def step_groups(examples: list[TokenizedExample], steps: int, rows_per_step: int, pack_len: int) -> list[Any]:
+    groups: list[list[PackedSequence]] = []
+    for step in range(steps):
+        members = examples[step * rows_per_step : (step + 1) * rows_per_step]
+        groups.append(pack_examples(members, max(pack_len, max(len(m.input_ids) for m in members)), seed=SEED))
+    return groups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--pack-len", type=int, default=512, help="packed row length (tokens)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    args = parser.parse_args()
+    set_threads()
+    total_steps = args.steps + args.warmup_steps
+    base = load_base(args.model_dir, dtype=resolve_base_dtype(args.precision))
+    rows = bench_rows()
+    examples = []
+    for i, row in enumerate(rows[: (total_steps + 1) * ROWS_PER_STEP]):
+        ids, labels = tokenize(base.tokenizer, row)
+        examples.append(TokenizedExample(tuple(ids), tuple(labels), line=i + 1))
+    groups = step_groups(examples, total_steps + 1, ROWS_PER_STEP, args.pack_len)
+    pad_id = int(base.tokenizer.pad_token_id or 0)
+    plan = StepGroups(groups[:total_steps], groups[total_steps:], partial(collate_packed, pad_token_id=pad_id),
+                      micro_batch_size=1, seed=SEED)  # fmt: skip
+    model = attach_lora(base.model, LoraSpec(r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"]))
+    spec = TrainSpec(epochs=1, lr=LR, scheduler="cosine", warmup_ratio=WARMUP_RATIO, weight_decay=0.0,
+                     micro_batch_size=1, grad_accum=1, max_grad_norm=1.0, seed=SEED, eval_every=100.0)  # fmt: skip
+    with tempfile.TemporaryDirectory() as out:
+        train(model, plan, spec, Path(out), identity={"bench": "C"})
+        records = [r for r in read_metrics(Path(out) / "metrics.jsonl") if r.get("event") == "train"]
+    # the loop's tokens_per_s is cumulative over its step time (eval and checkpoints excluded) and
+    # counts padded slots; turn it back into seconds per step, then count real tokens only
+    slots = [g["input_ids"].numel() for g in map(plan.train_batch, range(total_steps))]
+    elapsed = [sum(slots[: r["step"]]) / r["tokens_per_s"] for r in records]
+    seconds = elapsed[-1] - elapsed[args.warmup_steps - 1] if args.warmup_steps else elapsed[-1]
+    real = sum(len(ex.input_ids) for ex in examples[args.warmup_steps * ROWS_PER_STEP : total_steps * ROWS_PER_STEP])
+    result_line({"arm": "C", "tokens": real, "seconds": seconds, "tokens_per_s": real / seconds,
+                 "peak_rss": peak_rss_bytes(), "losses": [r["loss"] for r in records]})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
