@@ -8,7 +8,6 @@ order; only BatchPlan's row grouping is replaced, the loop is the one `loraforge
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -20,6 +19,7 @@ from common import (
     ROWS_PER_STEP,
     SEED,
     WARMUP_RATIO,
+    arm_parser,
     bench_rows,
     peak_rss_bytes,
     result_line,
@@ -54,10 +54,7 @@ def step_groups(examples: list[TokenizedExample], steps: int, rows_per_step: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
-    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
+    parser = arm_parser()
     parser.add_argument("--pack-len", type=int, default=512, help="packed row length (tokens)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()

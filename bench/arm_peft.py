@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from common import (
-    LORA,
     LR,
     SEED,
+    arm_parser,
     bench_rows,
     peak_rss_bytes,
+    peft_lora_config,
     result_line,
     set_threads,
     step_rows,
     tokenize,
     warmup_steps,
 )
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
-    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
+    parser = arm_parser()
     args = parser.parse_args()
     set_threads()
     torch.manual_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
-    config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                        target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-    model = get_peft_model(model, config)
+    model = get_peft_model(model, peft_lora_config())
     model.train()
     total_steps = args.steps + args.warmup_steps
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)

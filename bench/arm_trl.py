@@ -4,19 +4,19 @@ as every other arm."""
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from typing import Any
 
 import torch
 from common import (
-    LORA,
     LR,
     ROWS_PER_STEP,
     SEED,
+    arm_parser,
     bench_rows,
     peak_rss_bytes,
+    peft_lora_config,
     result_line,
     set_threads,
     step_rows,
@@ -24,7 +24,6 @@ from common import (
     warmup_steps,
 )
 from datasets import Dataset
-from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -49,10 +48,7 @@ class StepTimer(TrainerCallback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
-    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
+    parser = arm_parser()
     args = parser.parse_args()
     set_threads()
     total_steps = args.steps + args.warmup_steps
@@ -62,8 +58,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     timer = StepTimer(args.warmup_steps)
-    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    lora = peft_lora_config()
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
             output_dir=out, use_cpu=True, seed=SEED, learning_rate=LR, lr_scheduler_type="cosine",

@@ -8,6 +8,7 @@ same seed. Only the training machinery differs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -99,19 +100,24 @@ def peak_rss_bytes() -> int:
     return 0
 
 
-def bf16_gemm_peak_flops(size: int = 2048, seconds: float = 3.0) -> float:
-    """Measured bf16 GEMM throughput of this machine (FLOP/s) with the threads torch uses."""
+def gemm_peak_flops(size: int = 2048, seconds: float = 3.0) -> tuple[float, str]:
+    """The machine's fastest measured GEMM throughput (FLOP/s) over bf16 and fp32, with the threads
+    torch uses, and which dtype gave it. On CPUs without avx512_bf16/AMX bf16 GEMMs are emulated
+    and fp32 is the real peak; MFU against a slow emulated peak would read over 100%."""
     import torch
 
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        n += 1
-    return 2 * size**3 * n / (time.perf_counter() - start)
+    best = (0.0, "fp32")
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        a = torch.randn(size, size, dtype=dtype)
+        b = torch.randn(size, size, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            n += 1
+        best = max(best, (2 * size**3 * n / (time.perf_counter() - start), name))
+    return best
 
 
 def flops_per_token(config: Any, r: int, mean_context: float) -> float:
@@ -142,3 +148,20 @@ def set_threads() -> int:
     n = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
     torch.set_num_threads(n)
     return n
+
+
+def arm_parser() -> argparse.ArgumentParser:
+    """The flags every arm takes; an arm adds its own after."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
+    return parser
+
+
+def peft_lora_config() -> Any:
+    """The benchmark's LoRA as a PEFT LoraConfig (the arms that call PEFT directly)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip

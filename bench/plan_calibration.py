@@ -2,8 +2,8 @@
 
 For each base (the tiny test Llama and SmolLM2-135M) and three micro-batch sizes, a fresh
 subprocess builds the model from its config.json (random weights: the bytes are what matter),
-attaches LoRA with loraforge.models.attach_lora, and runs two optimizer steps of the real train
-path (train.loss.TokenLossSum forward, backward, AdamW from train.optim). Measured peak =
+attaches LoRA with loraforge.models.attach_lora, fuses its layers as the train loop does
+(train.fused_lora), and runs two optimizer steps of the real train path (train.loss.TokenLossSum forward, backward, AdamW from train.optim). Measured peak =
 VmHWM at the end minus VmRSS just before the model was built (imports excluded).
 glibc is told to serve every allocation over 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed
 tensors leave the process at once and VmHWM tracks live tensor bytes, the way
@@ -44,6 +44,7 @@ import json, sys, torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from loraforge.config import LoraSpec, TrainSpec
 from loraforge.models import attach_lora
+from loraforge.train.fused_lora import fuse_lora_layers
 from loraforge.train.loss import TokenLossSum
 from loraforge.train.optim import build_optimizer
 
@@ -62,6 +63,7 @@ model = AutoModelForCausalLM.from_config(config).to(dtype)
 for p in model.parameters():
     p.requires_grad_(False)
 peft_model = attach_lora(model, LoraSpec(dropout=args["dropout"]))
+fuse_lora_layers(peft_model)  # as the train loop does
 if args["checkpointing"]:
     peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 peft_model.train()

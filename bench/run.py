@@ -2,8 +2,8 @@
 
 One process per arm (B0 plain PEFT fp32 padded, B1 TRL SFTTrainer defaults, C loraforge), arms
 interleaved and the order rotated each round, repeated --repeats times; median and range of real
-(non-pad) tokens/s and peak RSS, ratios of medians, and MFU against the bf16 GEMM peak measured at
-the start of this run. See docs/PERFORMANCE.md ("Training speed") for what each arm does.
+(non-pad) tokens/s and peak RSS, ratios of medians, and MFU against the fastest GEMM peak (bf16 or fp32)
+measured at the start of this run. See docs/PERFORMANCE.md ("Training speed") for what each arm does.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from common import (
     LORA,
     ROWS_PER_STEP,
     bench_rows,
-    bf16_gemm_peak_flops,
     flops_per_token,
+    gemm_peak_flops,
     length_stats,
     set_threads,
     step_rows,
@@ -59,6 +59,16 @@ def load_average() -> str:
 def measured_lengths(tokenizer: Any, steps: int, warmup: int) -> list[int]:
     rows = [r for s in range(warmup, warmup + steps) for r in bench_rows()[step_rows(s)]]
     return [len(tokenize(tokenizer, r)[0]) for r in rows]
+
+
+def cpu_flags() -> str:
+    """The CPU's vector extensions that decide the GEMM peak (bf16 is emulated without avx512_bf16/AMX)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    return " ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
 
 
 def summarise(results: dict[str, list[dict[str, Any]]], flops_token: float, peak: float) -> list[dict[str, Any]]:
@@ -115,7 +125,7 @@ def main() -> None:
     threads = set_threads()
     model_dir = resolve_base(BASE)
     load_before = load_average()
-    peak = bf16_gemm_peak_flops()
+    peak, peak_dtype = gemm_peak_flops()
     lengths = measured_lengths(load_tokenizer(BASE), args.steps, args.warmup_steps)
     mean_context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)
     flops_token = flops_per_token(AutoConfig.from_pretrained(model_dir), LORA["r"], mean_context)
@@ -137,7 +147,8 @@ def main() -> None:
         "model": f"{BASE} ({model_dir.name}), LoRA r{LORA['r']} a{LORA['alpha']} all-linear",
         "data": f"{args.warmup_steps}+{args.steps} steps x {ROWS_PER_STEP} rows; measured row tokens "
         + json.dumps({k: round(v) for k, v in length_stats(lengths).items()}),
-        "bf16 GEMM peak": f"{peak / 1e9:.0f} GFLOP/s (2048^3, measured at start)",
+        "GEMM peak": f"{peak / 1e9:.0f} GFLOP/s {peak_dtype} (2048^3, the faster of bf16 and fp32, measured at start)",
+        "cpu flags": cpu_flags(),
         "FLOPs per real token": f"{flops_token / 1e9:.2f} GFLOP",
         "load average": f"{load_before} at start, {load_average()} at end",
         "wall time": f"{time.perf_counter() - started:.0f} s",

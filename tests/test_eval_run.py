@@ -171,7 +171,7 @@ def write_run(tmp_path: Path, tiny_base_dir: Path, golden_file: Path, wreck: boo
         "base": str(tiny_base_dir),
         "output": str(output),
         "data": {"train": str(golden), "golden": str(golden)},
-        "eval": {"probes": [], "max_new_tokens": SPEC.max_new_tokens, "batch_size": 3},
+        "eval": {"probes": [], "max_new_tokens": SPEC.max_new_tokens, "batch_size": 3, "precision": "fp32"},
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -222,3 +222,30 @@ def test_golden_hash_falls_back_to_the_data_report(tmp_path: Path) -> None:
 def test_unfrozen_golden_set_is_noted_not_refused(tmp_path: Path) -> None:
     notes = golden_freeze_notes(tmp_path / "g.jsonl", "new", None, "", allow_new=False)
     assert len(notes) == 1 and "was not frozen" in notes[0]
+
+
+def test_one_pass_scoring_and_generation_match_the_two_pass_path(tiny_base_dir: Path) -> None:
+    """answer_and_score reuses the reference forward's KV cache for generation: its answers and
+    reference losses must equal separate greedy generation and a separate reference forward."""
+    from loraforge.evaluate.scoring import _reference_nll, answer_and_score, generate_answers, prompt_ids
+
+    base = load_base(str(tiny_base_dir))
+    model = wrecking_adapter(base)  # non-empty, varied answers
+    model.eval()
+    references = ["ok", "a refund of the damaged desk", "{\"order\": 12}", "no", "hello there, how can I help", "x"]
+    cases = [
+        Case(f"c{i}", "s", f"t:{i}", ({"role": "user", "content": q},), ref, (), max_new_tokens=8)
+        for i, (q, ref) in enumerate(zip(QUESTIONS, references, strict=True))
+    ]
+    # the fast path applies: the conversation's tokens start with the generation prompt's
+    for case in cases:
+        ids, _ = encode_reference(base.tokenizer, case)
+        prompt = prompt_ids(base.tokenizer, case)
+        assert ids[: len(prompt)] == prompt and len(ids) > len(prompt)
+    answers, scores = answer_and_score(model, base.tokenizer, cases, batch_size=4, desc="one pass")
+    expected_answers = generate_answers(model, base.tokenizer, cases, batch_size=4, desc="two pass")
+    expected_scores = _reference_nll(model, base.tokenizer, [encode_reference(base.tokenizer, c) for c in cases])
+    assert any(answers) and answers == expected_answers
+    for (nll, count), (want_nll, want_count) in zip(scores, expected_scores, strict=True):
+        assert count == want_count and count > 0
+        assert nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)

@@ -140,3 +140,42 @@ def test_final_eval_loss_matches_a_plain_peft_loop_within_half_a_percent(fifty_s
     final_step, ours = fifty_steps.ours.eval_losses[-1]
     assert final_step == STEPS
     assert ours == pytest.approx(fifty_steps.plain_eval_loss, rel=5e-3)
+
+
+@pytest.mark.parametrize("shared_input", [False, True])
+def test_fused_dropout_gradients_match_autograd_with_the_same_mask(shared_input: bool) -> None:
+    """Dropout keeps a bool mask and the layer input, and rebuilds the dropped input in backward:
+    the gradients must be autograd's for x * mask / (1 - p) with the mask forward drew."""
+    from loraforge.train.fused_lora import _LoraLinearFn
+
+    p, scaling = 0.25, 2.0
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight, bias = torch.randn(24, 16, generator=gen, dtype=torch.float64), torch.randn(24, generator=gen, dtype=torch.float64)
+    lora_a = torch.randn(4, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    lora_b = torch.randn(24, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 5, 24, generator=gen, dtype=torch.float64)
+
+    torch.manual_seed(7)
+    out = _LoraLinearFn.apply(x, weight, bias, lora_a, lora_b, scaling, p)
+    if shared_input:  # a second layer reading the same tensor, as k_proj reads q_proj's input
+        out = out + _LoraLinearFn.apply(x, weight, bias, lora_a, lora_b, scaling, p)
+    (out * upstream).sum().backward()
+    fused = [t.grad.clone() for t in (x, lora_a, lora_b)]
+
+    torch.manual_seed(7)
+    refs = [x.detach().clone().requires_grad_(), lora_a.detach().clone().requires_grad_(),
+            lora_b.detach().clone().requires_grad_()]  # fmt: skip
+    rx, ra, rb = refs
+
+    def reference_layer() -> torch.Tensor:
+        keep = torch.rand(15, 16, dtype=torch.float32) >= p  # the draw the Function makes, in its order
+        dropped = rx * keep.reshape(3, 5, 16).to(rx.dtype) / (1 - p)
+        return torch.nn.functional.linear(rx, weight, bias) + dropped @ ra.t() @ rb.t() * scaling
+
+    expected = reference_layer() + (reference_layer() if shared_input else 0)
+    assert torch.allclose(out, expected)
+    (expected * upstream).sum().backward()
+    for got, want in zip(fused, (rx.grad, ra.grad, rb.grad), strict=True):
+        assert want is not None and float(want.norm()) > 0
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -176,6 +176,10 @@ class EvalSpec(Section):
     probes: list[Probe] = Field(
         default_factory=lambda: list(ALL_PROBES), description="built-in probe slices run beside the golden set"
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="base dtype while gating; auto: bf16 where the GPU/CPU has fast bf16 (as training), else fp32",
+    )
 
 
 class Config(Section):

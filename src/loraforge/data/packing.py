@@ -9,6 +9,7 @@ isolation test in tests/test_data_packing.py checks it on the sdpa path.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import torch
 
@@ -105,15 +106,10 @@ def collate_packed(seqs: list[PackedSequence], *, pad_token_id: int = 0) -> dict
     """
     if not seqs:
         raise DataError("collate_packed got no sequences; the batch is empty")
-    width = max(len(s.input_ids) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids, labels, positions = _right_padded([(s.input_ids, s.labels, s.position_ids) for s in seqs], pad_token_id)
+    width = ids.shape[1]
     for row, seq in enumerate(seqs):
         n = len(seq.input_ids)
-        ids[row, :n] = torch.tensor(seq.input_ids, dtype=torch.long)
-        labels[row, :n] = torch.tensor(seq.labels, dtype=torch.long)
-        positions[row, :n] = torch.tensor(seq.position_ids, dtype=torch.long)
         positions[row, n:] = torch.arange(width - n)
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
@@ -122,16 +118,26 @@ def collate_padded(examples: list[TokenizedExample], *, pad_token_id: int = 0) -
     """One example per row, right-padded: input_ids, labels (-100 on padding), attention_mask."""
     if not examples:
         raise DataError("collate_padded got no examples; the batch is empty")
-    width = max(len(ex.input_ids) for ex in examples)
-    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
-        labels[row, :n] = torch.tensor(example.labels, dtype=torch.long)
-        mask[row, :n] = 1
+    ids, labels, mask = _right_padded(
+        [(ex.input_ids, ex.labels, [1] * len(ex.input_ids)) for ex in examples], pad_token_id
+    )
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _right_padded(
+    rows: list[tuple[Sequence[int], Sequence[int], Sequence[int]]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack (input_ids, labels, extra) rows right-padded to the longest: pad id, -100 and 0 on padding."""
+    width = max(len(ids) for ids, _, _ in rows)
+    ids_t = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    extra_t = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (ids, labels, extra) in enumerate(rows):
+        n = len(ids)
+        ids_t[row, :n] = torch.tensor(ids, dtype=torch.long)
+        labels_t[row, :n] = torch.tensor(labels, dtype=torch.long)
+        extra_t[row, :n] = torch.tensor(extra, dtype=torch.long)
+    return ids_t, labels_t, extra_t
 
 
 def count_loss_tokens(labels: torch.Tensor) -> int:

@@ -24,9 +24,8 @@ from loraforge.evaluate.report import write_reports
 from loraforge.evaluate.scoring import (
     Case,
     RowResult,
+    answer_and_score,
     cases_from_records,
-    generate_answers,
-    reference_nll,
     score_role,
     slice_scores,
 )
@@ -107,8 +106,7 @@ def run_gate(
         for role in roles:
             started = time.perf_counter()
             with as_role(adapter_model, role, candidate):
-                answers = generate_answers(adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}")
-                nll = reference_nll(adapter_model, base.tokenizer, cases, spec.batch_size, f"loss: {role}")
+                answers, nll = answer_and_score(adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}")
             score_role(role, rows, answers, nll)
             seconds[role] = round(time.perf_counter() - started, 2)
     finally:

@@ -18,7 +18,8 @@ from transformers import PreTrainedTokenizerBase
 from loraforge.data.types import IGNORE_INDEX, Message, Record
 from loraforge.errors import EvalError
 from loraforge.evaluate.checks import DEFAULT_CHECKS, CheckSpec, check_problems, run_checks
-from loraforge.models.generate import generate_chat
+from loraforge.models.forward import logits_at_labels
+from loraforge.models.generate import generate_chat, score_then_generate
 
 DEFAULT_SLICE = "golden"  # a golden row without "slice"
 
@@ -129,17 +130,60 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers in case order; cases sharing max_new_tokens are batched together."""
     answers: dict[int, str] = {}
-    by_budget: dict[int, list[int]] = {}
-    for index, case in enumerate(cases):
-        by_budget.setdefault(case.max_new_tokens, []).append(index)
-    batches = [
-        (budget, idx[i : i + batch_size]) for budget, idx in by_budget.items() for i in range(0, len(idx), batch_size)
-    ]
-    for budget, chunk in tqdm(batches, desc=desc, unit="batch", disable=None):
+    for budget, chunk in tqdm(_batches(cases, batch_size), desc=desc, unit="batch", disable=None):
         conversations = [list(cases[i].prompt) for i in chunk]
         outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
         answers.update(zip(chunk, outs, strict=True))
     return [answers[i] for i in range(len(cases))]
+
+
+def answer_and_score(
+    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
+) -> tuple[list[str], list[tuple[float, int]]]:
+    """Greedy answers and the reference answer's (summed NLL, token count), in case order.
+
+    Where the conversation with its reference starts with exactly the generation prompt's tokens
+    (every template seen so far), one forward scores the reference and leaves the prompt's KV cache
+    for generation (models.generate.score_then_generate); otherwise the prompt is encoded twice.
+    """
+    answers: dict[int, str] = {}
+    scores: dict[int, tuple[float, int]] = {}
+    for budget, chunk in tqdm(_batches(cases, batch_size), desc=desc, unit="batch", disable=None):
+        encoded = [encode_reference(tokenizer, cases[i]) for i in chunk]
+        prompts = [prompt_ids(tokenizer, cases[i]) for i in chunk]
+        if all(ids[: len(p)] == p and len(ids) > len(p) for (ids, _), p in zip(encoded, prompts, strict=True)):
+            outs, nll = score_then_generate(
+                model,
+                tokenizer,
+                prompts,
+                [ids[len(p) :] for (ids, _), p in zip(encoded, prompts, strict=True)],
+                [labels[len(p) :] for (_, labels), p in zip(encoded, prompts, strict=True)],
+                budget,
+                ignore_index=IGNORE_INDEX,
+            )
+        else:
+            conversations = [list(cases[i].prompt) for i in chunk]
+            outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
+            nll = _reference_nll(model, tokenizer, encoded)
+        answers.update(zip(chunk, outs, strict=True))
+        scores.update(zip(chunk, nll, strict=True))
+    return [answers[i] for i in range(len(cases))], [scores[i] for i in range(len(cases))]
+
+
+def _batches(cases: Sequence[Case], batch_size: int) -> list[tuple[int, list[int]]]:
+    """(max_new_tokens, case indices) batches: cases sharing a generation budget go together."""
+    by_budget: dict[int, list[int]] = {}
+    for index, case in enumerate(cases):
+        by_budget.setdefault(case.max_new_tokens, []).append(index)
+    return [
+        (budget, idx[i : i + batch_size]) for budget, idx in by_budget.items() for i in range(0, len(idx), batch_size)
+    ]
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, case: Case) -> list[int]:
+    """The generation prompt's token ids, as generate_chat encodes them."""
+    text = tokenizer.apply_chat_template(list(case.prompt), tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def encode_reference(tokenizer: PreTrainedTokenizerBase, case: Case) -> tuple[list[int], list[int]]:
@@ -170,27 +214,23 @@ def encode_reference(tokenizer: PreTrainedTokenizerBase, case: Case) -> tuple[li
     return ids, labels
 
 
-def reference_nll(
-    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
+def _reference_nll(
+    model: Any, tokenizer: PreTrainedTokenizerBase, encoded: Sequence[tuple[list[int], list[int]]]
 ) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of each case's reference answer given its prompt."""
-    encoded = [encode_reference(tokenizer, case) for case in cases]
+    """(summed NLL, token count) of each encoded conversation's labelled (reference) tokens."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    results: list[tuple[float, int]] = []
-    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch", disable=None):
-        chunk = encoded[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in chunk], device=device)
-        labels = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in chunk], device=device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in chunk], device=device)
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-        shifted = labels[:, 1:]
-        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
-        counts = (shifted != IGNORE_INDEX).sum(dim=1)
-        results.extend(zip(nll.sum(dim=1).tolist(), counts.tolist(), strict=True))
-    return results
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in encoded], device=device)
+    labels = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in encoded], device=device)
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded], device=device)
+    with torch.no_grad():
+        logits, targets, keep = logits_at_labels(
+            model, input_ids, labels, attention_mask=mask, ignore_index=IGNORE_INDEX
+        )
+        nll = torch.zeros(keep.shape, dtype=torch.float32, device=device)
+        nll[keep] = F.cross_entropy(logits, targets, reduction="none")
+    return list(zip(nll.sum(dim=1).tolist(), keep.sum(dim=1).tolist(), strict=True))
 
 
 def score_role(role: str, rows: Sequence[RowResult], answers: Sequence[str], nll: Sequence[tuple[float, int]]) -> None:

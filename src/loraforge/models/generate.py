@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from loraforge.models.forward import causal_lm_of, head_at_labels
 
 Message = dict[str, str]
 
@@ -39,3 +43,57 @@ def generate_chat(
     finally:
         tokenizer.padding_side = previous_side
     return [a.strip() for a in answers]
+
+
+def score_then_generate(
+    model: PeftModel | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    continuation_labels: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    ignore_index: int,
+) -> tuple[list[str], list[tuple[float, int]]]:
+    """One forward over prompt + reference gives the reference's token NLL and, cropped to the
+    prompt, the KV cache greedy generation starts from: the prompt is encoded once, not twice.
+
+    Rows are laid out [left pad | prompt | continuation | right pad] so every prompt ends in the
+    same column; positions count real tokens only, as generate() computes them. Returns the
+    answers and, per row, (summed NLL of the labelled continuation tokens, their count).
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width_p, width_c = max(len(p) for p in prompts), max(len(c) for c in continuations)
+    device = next(model.parameters()).device
+    ids, mask, labels = [], [], []
+    for prompt, cont, cont_labels in zip(prompts, continuations, continuation_labels, strict=True):
+        left, right = width_p - len(prompt), width_c - len(cont)
+        ids.append([pad_id] * left + list(prompt) + list(cont) + [pad_id] * right)
+        mask.append([0] * left + [1] * (len(prompt) + len(cont)) + [0] * right)
+        labels.append([ignore_index] * (left + len(prompt)) + list(cont_labels) + [ignore_index] * right)
+    input_ids = torch.tensor(ids, device=device)
+    attention_mask = torch.tensor(mask, device=device)
+    label_ids = torch.tensor(labels, device=device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = causal_lm_of(model).get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
+        )
+        logits, targets, keep = head_at_labels(model, out.last_hidden_state, label_ids, ignore_index=ignore_index)
+        nll = torch.zeros(keep.shape, dtype=torch.float32, device=device)
+        nll[keep] = F.cross_entropy(logits, targets, reduction="none")
+        scores = list(zip(nll.sum(dim=1).tolist(), keep.sum(dim=1).tolist(), strict=True))
+        cache = out.past_key_values
+        cache.crop(
+            -(cache.get_seq_length() - (width_p - 1))
+        )  # drop the continuation; generate() feeds the prompt's last token
+        generated = model.generate(  # type: ignore[operator]
+            input_ids=input_ids[:, :width_p],
+            attention_mask=attention_mask[:, :width_p],
+            past_key_values=cache,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
+    answers = tokenizer.batch_decode(generated[:, width_p:], skip_special_tokens=True)
+    return [a.strip() for a in answers], scores

@@ -15,6 +15,7 @@ from loraforge.data.types import Record
 from loraforge.errors import EvalError
 from loraforge.evaluate import GateReport, run_gate
 from loraforge.models import load_adapter, load_base, read_manifest
+from loraforge.train import resolve_base_dtype
 
 EVAL_DIR_NAME = "eval"
 
@@ -83,7 +84,11 @@ def evaluate_run(
     else:
         notes.append("no golden set (data.golden is empty): only the built-in probes were scored")
     # a GPU when there is one: the gate's cost is generation, which a GPU makes minutes into seconds
-    base = load_base(config.base, device="cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # the precision training used (auto: bf16 on fast-bf16 hardware): the gate sees the model as it was trained
+    dtype = resolve_base_dtype(config.eval.precision, device)
+    info["precision"] = str(dtype).removeprefix("torch.")
+    base = load_base(config.base, dtype=dtype, device=device)
     model = load_adapter(base.model, adapter_dir, base.fingerprint)
     return run_gate(
         base, model, golden, config.eval, config.output / EVAL_DIR_NAME, against_dir, info=info, notes=notes

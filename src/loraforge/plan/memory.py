@@ -61,8 +61,15 @@ def weight_bytes(shape: ModelShape, precision: Precision) -> int:
     return int(quantised / 2 + constants + (shape.total_params - quantised) * 2)
 
 
+# Variants the training loop routes through its fused LoRA layers (train/fused_lora.py); DoRA and
+# 4-bit bases (qlora) keep PEFT's forward.
+FUSED_VARIANTS = {"lora", "rslora", "pissa", "loraplus"}
+
+
 def lora_saved_bytes_per_token(groups: list[LinearGroup], step: StepShape, base_bytes: int) -> float:
     """Per layer and token: what each adapter saves (its input, dropout mask, rank-r activation)."""
+    if step.variant in FUSED_VARIANTS:
+        return fused_lora_saved_bytes_per_token(groups, step, base_bytes)
     total = 0.0
     counted_shared: set[int] = set()
     # CPU dropout multiplies by a mask in the input dtype (fp32 here); CUDA's fused dropout keeps a bool mask
@@ -75,16 +82,36 @@ def lora_saved_bytes_per_token(groups: list[LinearGroup], step: StepShape, base_
             total += group.in_features * (ADAPTER_BYTES + mask_bytes)
         elif base_bytes != ADAPTER_BYTES:
             total += group.in_features * ADAPTER_BYTES  # PEFT casts the input to fp32 for each adapter
-        elif group.name in SAVED_BY_ATTENTION:
-            continue
-        else:
-            shared = next((i for i, names in enumerate(SHARED_INPUTS) if group.name in names), None)
-            if shared is not None and shared in counted_shared:
-                continue
-            if shared is not None:
-                counted_shared.add(shared)
+        elif not _input_counted(group.name, counted_shared):
             total += group.in_features * base_bytes
     return total
+
+
+def fused_lora_saved_bytes_per_token(groups: list[LinearGroup], step: StepShape, base_bytes: int) -> float:
+    """The fused layers keep the input in the activation dtype (once for layers that share it), a
+    bool dropout mask, and the rank-r product in the activation dtype."""
+    total = 0.0
+    counted_shared: set[int] = set()
+    for group in groups:
+        total += step.lora_r * base_bytes
+        if step.dropout > 0:
+            total += group.in_features  # bool mask
+        if not _input_counted(group.name, counted_shared):
+            total += group.in_features * base_bytes
+    return total
+
+
+def _input_counted(name: str, counted_shared: set[int]) -> bool:
+    """Whether this layer's input is already saved by another tensor (attention, or a layer sharing it)."""
+    if name in SAVED_BY_ATTENTION:
+        return True
+    shared = next((i for i, names in enumerate(SHARED_INPUTS) if name in names), None)
+    if shared is None:
+        return False
+    if shared in counted_shared:
+        return True
+    counted_shared.add(shared)
+    return False
 
 
 def layer_bytes_per_token(shape: ModelShape, groups: list[LinearGroup], step: StepShape) -> float:

@@ -7,6 +7,8 @@ every one of those elementwise passes in backward. On a CPU with a small base th
 about as much as the matmuls. Here the adapter runs in the activation dtype (the fp32 adapter
 weights are cast, they are r x hidden and cheap), B's product is accumulated into the base output
 in place, and backward is written out: no gradient for the frozen weight, one mask multiply.
+Memory: the layer keeps its input (shared by the layers that read the same tensor, e.g. q/k/v) and
+a bool dropout mask, not a dropped copy plus a mask in the activation dtype per layer.
 
 With an fp32 base the arithmetic is PEFT's, term for term (tests/test_perf_parity.py checks the
 gradient against a plain PEFT step). With a bf16 base the adapter's matmuls run in bf16 as they
@@ -38,32 +40,41 @@ class _LoraLinearFn(torch.autograd.Function):
     ) -> torch.Tensor:
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype) * scaling  # out x r: scaling folded into the small matrix, not the activations
-        mask = None
-        dropped = x
+        flat = x.reshape(-1, x.shape[-1])
+        keep = None  # dropout: a bool mask (1 byte an element), the scaled input is rebuilt in backward
         if dropout_p > 0:
-            mask = torch.empty_like(x).bernoulli_(1.0 - dropout_p).mul_(1.0 / (1.0 - dropout_p))
-            dropped = x * mask
-        flat = dropped.reshape(-1, x.shape[-1])
-        hidden = flat @ a.t()
+            keep = torch.rand(flat.shape, device=x.device) >= dropout_p
+            hidden = torch.where(keep, flat, 0) @ a.t()
+            hidden.mul_(1.0 / (1.0 - dropout_p))
+        else:
+            hidden = flat @ a.t()
         out = torch.nn.functional.linear(x, weight, bias)
         out.view(-1, out.shape[-1]).addmm_(hidden, b.t())
-        ctx.save_for_backward(weight, a, b, flat, hidden, mask)
+        # x itself, not a dropped copy: q/k/v (and gate/up) share one input tensor, so autograd keeps it once
+        ctx.save_for_backward(weight, a, b, x, hidden, keep)
         ctx.scaling = scaling
+        ctx.dropout_p = dropout_p
+        ctx.adapter_dtype = lora_a.dtype
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        weight, a, b, flat, hidden, mask = ctx.saved_tensors
+        weight, a, b, x, hidden, keep = ctx.saved_tensors
+        flat = x.reshape(-1, x.shape[-1])
+        inverse_keep = 1.0 / (1.0 - ctx.dropout_p)
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = grad @ b  # N x r
         grad_x = None
         if ctx.needs_input_grad[0]:
             adapter_part = grad_hidden @ a
-            if mask is not None:
-                adapter_part.mul_(mask.reshape(adapter_part.shape))
+            if keep is not None:
+                adapter_part = torch.where(keep, adapter_part, 0).mul_(inverse_keep)
             grad_x = torch.addmm(adapter_part, grad, weight.to(grad.dtype)).view(*grad_out.shape[:-1], -1)
-        grad_a = (grad_hidden.t() @ flat).float()
-        grad_b = (grad.t() @ hidden).float().mul_(ctx.scaling)
+        if keep is not None:
+            grad_a = (grad_hidden.t() @ torch.where(keep, flat, 0)).to(ctx.adapter_dtype).mul_(inverse_keep)
+        else:
+            grad_a = (grad_hidden.t() @ flat).to(ctx.adapter_dtype)
+        grad_b = (grad.t() @ hidden).to(ctx.adapter_dtype).mul_(ctx.scaling)
         return grad_x, None, None, grad_a, grad_b, None, None
 
 

@@ -6,15 +6,13 @@ full logits tensor is the largest activation of the step, and prompt tokens neve
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
-from transformers import PreTrainedModel
 
 from loraforge.data.types import IGNORE_INDEX
+from loraforge.models.forward import logits_at_labels
 
 
 class TokenLossSum(nn.Module):
@@ -33,18 +31,7 @@ class TokenLossSum(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        causal_lm = cast(PreTrainedModel, self.model.get_base_model())
-        # attention_mask=None with position_ids: transformers builds a block-diagonal mask for packed
-        # rows. use_cache=False: with a cache object, sdpa ignores the packed layout.
-        hidden = causal_lm.get_decoder()(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-        ).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        selected = hidden[:, :-1][keep]
-        head = cast(nn.Module, causal_lm.get_output_embeddings())
-        logits = head(selected).float()
-        return F.cross_entropy(logits, targets[keep], reduction="sum")
+        logits, targets, _ = logits_at_labels(
+            self.model, input_ids, labels, position_ids, attention_mask, ignore_index=IGNORE_INDEX
+        )
+        return F.cross_entropy(logits, targets, reduction="sum")

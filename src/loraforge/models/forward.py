@@ -1,0 +1,54 @@
+"""A causal LM forward that applies the output head only where a label is: on a 49k-vocab base the
+full logits tensor is the largest activation of a step, and prompt tokens never need it."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedModel
+
+
+def causal_lm_of(model: PeftModel | PreTrainedModel) -> PreTrainedModel:
+    """The transformers model under a PeftModel (its LoRA layers live inside it), or the model itself."""
+    return cast(PreTrainedModel, model.get_base_model() if isinstance(model, PeftModel) else model)
+
+
+def logits_at_labels(
+    model: PeftModel | PreTrainedModel,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 logits at the positions whose next-token label is not `ignore_index`, those targets, and the
+    (batch, seq-1) bool map of where they sit.
+
+    attention_mask=None with position_ids: transformers builds a block-diagonal mask for packed
+    rows. use_cache=False: with a cache object, sdpa ignores the packed layout.
+    """
+    hidden = (
+        causal_lm_of(model)
+        .get_decoder()(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+        )
+        .last_hidden_state
+    )
+    return head_at_labels(model, hidden, labels, ignore_index=ignore_index)
+
+
+def head_at_labels(
+    model: PeftModel | PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output head on the decoder's hidden states at labelled positions only (see logits_at_labels)."""
+    targets = labels[:, 1:]
+    keep = targets != ignore_index
+    head = cast(nn.Module, causal_lm_of(model).get_output_embeddings())
+    return head(hidden[:, :-1][keep]).float(), targets[keep], keep
