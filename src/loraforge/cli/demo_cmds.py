@@ -55,6 +55,15 @@ def _base(payload: dict[str, Any]) -> None:
         f"{card.spec}: {card.architecture}, {card.parameters:,} parameters, {card.layers} layers, "
         f"loaded in {payload['load_seconds']:.1f}s\n[dim]fingerprint {card.fingerprint}[/]"
     )
+    if payload.get("fast_bf16"):
+        console.print(f"precision: bf16 base, fp32 adapters ({payload.get('device', 'cpu')} has fast bf16)")
+    elif payload.get("device") == "cuda":
+        console.print("precision: fp32 (this GPU has no bf16)")
+    else:
+        console.print(
+            "precision: fp32 [yellow](no GPU, and this CPU lacks avx512_bf16/AMX: training and the gate run in "
+            'fp32, several times slower than the README\'s figures; see docs/PERFORMANCE.md, "The demo")[/]'
+        )
 
 
 def _data(payload: dict[str, Any]) -> None:

@@ -1,11 +1,15 @@
 """Base models: resolve a spec (alias, HF dir, .gguf), load it, fingerprint it, attach LoRA."""
 
 import logging
+import warnings
 
 # bitsandbytes (imported by PEFT) warns on every start that the optional `kernels` package, which
 # fetches a CPU 4-bit kernel from a hub, is missing. Nothing may download here, and its built-in
 # fallback is what QLoRA uses on CPU, so the warning is noise for every command.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every adapter attach
+# and load; the FutureWarning is addressed to PEFT, not to a loraforge user.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 from loraforge.models.adapter import (
     MANIFEST_NAME,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from loraforge.config import DEFAULT_BASE, Config, validate_config
@@ -21,7 +22,7 @@ from loraforge.errors import ConfigError
 from loraforge.evaluate import GateReport
 from loraforge.files import write_text_atomic
 from loraforge.models import load_base, load_tokenizer
-from loraforge.models.base import loraforge_home
+from loraforge.models.base import fast_bf16_available, loraforge_home
 from loraforge.models.card import BaseCard, base_card
 from loraforge.pipeline.run import RunOutcome, train_and_gate
 
@@ -84,7 +85,9 @@ def _head(source: Path, dest: Path, rows: int) -> Path:
 def run_demo(config: Config, show: Show) -> DemoResult:
     base = load_base(config.base)  # converts the embedded GGUF once; later runs read the cache
     card = base_card(base)
-    show("base", {"card": card, "load_seconds": base.load_seconds})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fast_bf16 = fast_bf16_available(device)
+    show("base", {"card": card, "load_seconds": base.load_seconds, "fast_bf16": fast_bf16, "device": device})
     del base  # training loads the base in its own precision
     tokenizer = load_tokenizer(config.base)
     data = step_prepare(config, tokenizer, card.context_length)
