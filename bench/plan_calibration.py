@@ -3,8 +3,9 @@
 For each base (the tiny test Llama and SmolLM2-135M) and three micro-batch sizes, a fresh
 subprocess builds the model from its config.json (random weights: the bytes are what matter),
 attaches LoRA with loraforge.models.attach_lora, fuses its layers as the train loop does
-(train.fused_lora), and runs two optimizer steps of the real train path (train.loss.TokenLossSum forward, backward, AdamW from train.optim). Measured peak =
-VmHWM at the end minus VmRSS just before the model was built (imports excluded).
+(train.fused_lora), and runs two optimizer steps of the real train path (train.loss.TokenLossSum
+forward, backward, AdamW from train.optim). Measured peak = VmHWM at the end minus VmRSS just
+before the model was built (imports excluded).
 glibc is told to serve every allocation over 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed
 tensors leave the process at once and VmHWM tracks live tensor bytes, the way
 torch.cuda.max_memory_allocated does on a GPU; without it glibc keeps freed heap pages and the

@@ -232,7 +232,7 @@ def test_one_pass_scoring_and_generation_match_the_two_pass_path(tiny_base_dir: 
     base = load_base(str(tiny_base_dir))
     model = wrecking_adapter(base)  # non-empty, varied answers
     model.eval()
-    references = ["ok", "a refund of the damaged desk", "{\"order\": 12}", "no", "hello there, how can I help", "x"]
+    references = ["ok", "a refund of the damaged desk", '{"order": 12}', "no", "hello there, how can I help", "x"]
     cases = [
         Case(f"c{i}", "s", f"t:{i}", ({"role": "user", "content": q},), ref, (), max_new_tokens=8)
         for i, (q, ref) in enumerate(zip(QUESTIONS, references, strict=True))

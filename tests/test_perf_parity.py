@@ -151,7 +151,8 @@ def test_fused_dropout_gradients_match_autograd_with_the_same_mask(shared_input:
     p, scaling = 0.25, 2.0
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64, requires_grad=True)
-    weight, bias = torch.randn(24, 16, generator=gen, dtype=torch.float64), torch.randn(24, generator=gen, dtype=torch.float64)
+    weight = torch.randn(24, 16, generator=gen, dtype=torch.float64)
+    bias = torch.randn(24, generator=gen, dtype=torch.float64)
     lora_a = torch.randn(4, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     lora_b = torch.randn(24, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(3, 5, 24, generator=gen, dtype=torch.float64)

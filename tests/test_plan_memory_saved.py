@@ -4,6 +4,7 @@ training path (fused LoRA layers, head at loss positions), counted with saved_te
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -60,7 +61,8 @@ def test_layer_activation_bytes_match_what_autograd_saves(tiny_base_dir: Path, d
     measured = (_saved_bytes_in_layer(model, layer, 96) - _saved_bytes_in_layer(model, layer, 32)) / 64
 
     shape = model_shape(str(tiny_base_dir))
-    step = StepShape(precision=dtype, micro_batch_size=1, seq_len=1, loss_fraction=1.0, dropout=dropout,  # type: ignore[arg-type]
-                     gradient_checkpointing=False, on_gpu=False, packing=True, lora_r=spec.r, variant="lora")  # fmt: skip
+    precision: Literal["fp32", "bf16"] = "fp32" if dtype == "fp32" else "bf16"
+    step = StepShape(precision=precision, micro_batch_size=1, seq_len=1, loss_fraction=1.0, dropout=dropout,
+                     gradient_checkpointing=False, on_gpu=False, packing=True, lora_r=8, variant="lora")  # fmt: skip
     predicted = layer_bytes_per_token(shape, target_groups(shape, "all-linear"), step)
     assert predicted == measured, f"predicted {predicted:,.0f} B a token, autograd saved {measured:,.1f} B"
