@@ -96,13 +96,19 @@ def test_nf4_weights_take_under_half_of_bf16(tmp_path: Path) -> None:
     assert weight_bytes(shape, "nf4") < weight_bytes(shape, "bf16") / 2  # embeddings and head stay bf16
 
 
-def test_dropout_on_gpu_saves_a_one_byte_mask(tmp_path: Path) -> None:
+def test_dropout_mask_is_one_byte_on_gpu_for_peft_and_everywhere_for_the_fused_layers(tmp_path: Path) -> None:
     shape = model_shape(str(config_only_dir(tmp_path, LLAMA_31_8B)))
     groups = target_groups(shape, "all-linear")
-    cpu = StepShape("bf16", 1, 512, 1.0, 0.05, False, False, False, 16, "lora")
+    # DoRA runs PEFT's forward: CPU dropout keeps a mask in the input dtype, CUDA's fused kernel a bool
+    cpu = StepShape("bf16", 1, 512, 1.0, 0.05, False, False, False, 16, "dora")
     gpu = replace(cpu, on_gpu=True)
-    act_cpu = memory_breakdown(shape, groups, 0, cpu)["activations"]
-    assert memory_breakdown(shape, groups, 0, gpu)["activations"] < act_cpu
+    peft_gpu, peft_cpu = (memory_breakdown(shape, groups, 0, step)["activations"] for step in (gpu, cpu))
+    assert peft_gpu < peft_cpu
+    # plain LoRA runs the fused layers, which keep a bool mask on any device
+    fused_cpu = replace(cpu, variant="lora")
+    fused_gpu = replace(fused_cpu, on_gpu=True)
+    fused = [memory_breakdown(shape, groups, 0, step)["activations"] for step in (fused_cpu, fused_gpu)]
+    assert fused[0] == fused[1] < peft_gpu
 
 
 def test_70b_in_bf16_needs_fsdp_or_qlora(tmp_path: Path) -> None:
