@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from loraforge.data.types import IGNORE_INDEX, Message, Record
 from loraforge.errors import EvalError
 from loraforge.evaluate.checks import DEFAULT_CHECKS, CheckSpec, check_problems, run_checks
-from loraforge.models.forward import logits_at_labels
+from loraforge.models.forward import logits_at_labels, summed_nll_per_row
 from loraforge.models.generate import generate_chat, score_then_generate
 
 DEFAULT_SLICE = "golden"  # a golden row without "slice"
@@ -228,9 +227,7 @@ def _reference_nll(
         logits, targets, keep = logits_at_labels(
             model, input_ids, labels, attention_mask=mask, ignore_index=IGNORE_INDEX
         )
-        nll = torch.zeros(keep.shape, dtype=torch.float32, device=device)
-        nll[keep] = F.cross_entropy(logits, targets, reduction="none")
-    return list(zip(nll.sum(dim=1).tolist(), keep.sum(dim=1).tolist(), strict=True))
+    return summed_nll_per_row(logits, targets, keep)
 
 
 def score_role(role: str, rows: Sequence[RowResult], answers: Sequence[str], nll: Sequence[tuple[float, int]]) -> None:

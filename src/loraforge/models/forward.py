@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel
@@ -52,3 +53,10 @@ def head_at_labels(
     keep = targets != ignore_index
     head = cast(nn.Module, causal_lm_of(model).get_output_embeddings())
     return head(hidden[:, :-1][keep]).float(), targets[keep], keep
+
+
+def summed_nll_per_row(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor) -> list[tuple[float, int]]:
+    """(summed token NLL, token count) per row, from head_at_labels' outputs."""
+    nll = torch.zeros(keep.shape, dtype=torch.float32, device=logits.device)
+    nll[keep] = F.cross_entropy(logits, targets, reduction="none")
+    return list(zip(nll.sum(dim=1).tolist(), keep.sum(dim=1).tolist(), strict=True))

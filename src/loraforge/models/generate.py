@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from loraforge.models.forward import causal_lm_of, head_at_labels
+from loraforge.models.forward import causal_lm_of, head_at_labels, summed_nll_per_row
 
 Message = dict[str, str]
 
@@ -80,13 +79,10 @@ def score_then_generate(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
         )
         logits, targets, keep = head_at_labels(model, out.last_hidden_state, label_ids, ignore_index=ignore_index)
-        nll = torch.zeros(keep.shape, dtype=torch.float32, device=device)
-        nll[keep] = F.cross_entropy(logits, targets, reduction="none")
-        scores = list(zip(nll.sum(dim=1).tolist(), keep.sum(dim=1).tolist(), strict=True))
+        scores = summed_nll_per_row(logits, targets, keep)
         cache = out.past_key_values
-        cache.crop(
-            -(cache.get_seq_length() - (width_p - 1))
-        )  # drop the continuation; generate() feeds the prompt's last token
+        # drop the continuation from the cache; generate() feeds the prompt's last token itself
+        cache.crop(-(cache.get_seq_length() - (width_p - 1)))
         generated = model.generate(  # type: ignore[operator]
             input_ids=input_ids[:, :width_p],
             attention_mask=attention_mask[:, :width_p],
