@@ -46,7 +46,8 @@ def main() -> None:
     loss_module = TokenLossSum(model)
     seconds, tokens = 0.0, 0
     for i in range(args.steps + 1):
-        batch = collate_packed(rows[i * args.mb : (i + 1) * args.mb])
+        chunk = rows[i * args.mb : (i + 1) * args.mb]
+        batch = collate_packed(chunk)
         started = time.process_time()
         if args.full:
             logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
@@ -55,8 +56,8 @@ def main() -> None:
             loss_module(**batch).backward()
         if i:
             seconds += time.process_time() - started
-            tokens += batch["input_ids"].numel()
-    print(f"{vars(args)}: {tokens / seconds:.0f} tokens per CPU-second")
+            tokens += sum(len(row.input_ids) for row in chunk)  # real tokens: padding excluded
+    print(f"{vars(args)}: {tokens / seconds:.0f} real tokens per CPU-second")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,37 @@ def test_eval_split_is_deterministic_by_seed_and_holds_at_least_one_row(tmp_path
     assert [ex.line for ex in _prepare(spec, tokenizer).eval] == [ex.line for ex in first.eval]
 
 
+def test_replay_rows_join_training_only_after_the_same_hygiene(tmp_path: Path, tokenizer: Any) -> None:
+    golden = _write(tmp_path / "golden.jsonl", [_row(LONG, slice="clean")])
+    train = _write(tmp_path / "t.jsonl", [_row(f"order {i} arrived broken {i * 7}") for i in range(10)])
+    replay = _write(
+        tmp_path / "replay.jsonl",
+        [
+            _row("what is the capital of france", "Paris."),
+            _row("What is the capital of  France", "Paris."),  # exact duplicate after normalisation
+            _row(LONG.replace("night", "nite"), "x"),  # near copy of a golden row: leaked
+            _row("how do i boil an egg", "Put it in boiling water for eight minutes."),
+        ],
+    )
+    spec = DataSpec(train=train, golden=golden, replay=replay, pii="off", eval_fraction=0.2)
+    data = _prepare(spec, tokenizer, out=tmp_path / "run")
+    split = {"train": 8 + 2, "eval": 2, "eval_source": "held out", "replay": 2, "replay_distinct": 2}
+    assert data.report["split"] == split
+    assert data.report["dropped"] == {"replay_exact_duplicate": 1, "replay_leaked": 1}
+    assert data.report["rows_kept"] == 10 and len(data.report["replay_sha256"]) == 64
+    trained = [tokenizer.decode(ex.input_ids) for ex in data.train]
+    held_out = [tokenizer.decode(ex.input_ids) for ex in data.eval]
+    for question in ("capital of france", "boil an egg"):  # kept replay rows train, once; none is held out
+        assert sum(question in t.lower() for t in trained) == 1
+        assert not any(question in t.lower() for t in held_out)
+    without = _prepare(DataSpec(train=train, golden=golden, pii="off", eval_fraction=0.2), tokenizer)
+    assert [ex.line for ex in without.eval] == [ex.line for ex in data.eval]  # same split with or without
+    half = _prepare(spec.model_copy(update={"replay_ratio": 0.5}), tokenizer)  # 8 task rows: 8 replay rows
+    assert (half.report["split"]["replay"], half.report["split"]["replay_distinct"]) == (8, 2)
+    trained = [tokenizer.decode(ex.input_ids).lower() for ex in half.train]
+    assert [sum(q in t for t in trained) for q in ("capital of france", "boil an egg")] == [4, 4]
+
+
 def test_report_on_the_bundled_data_holds_counts_hashes_percentiles_and_packing(tmp_path: Path, tokenizer: Any) -> None:
     spec = DataSpec(train=EXAMPLES / "train.jsonl", golden=EXAMPLES / "golden.jsonl")
     _prepare(spec, tokenizer, out=tmp_path)

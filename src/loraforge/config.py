@@ -61,6 +61,18 @@ class DataSpec(Section):
     eval: Path | None = Field(
         default=None, description="held-out jsonl for eval loss; when absent, eval_fraction of train is held out"
     )
+    replay: Path | None = Field(
+        default=None,
+        description="rows mixed into every epoch to keep general skills (see `loraforge distill`); "
+        "cleaned and leak-checked like train rows, never held out",
+    )
+    replay_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="share of training rows drawn from data.replay (its rows repeated in a seeded order "
+        "to reach it); unset: each replay row once",
+    )
     eval_fraction: float = Field(
         default=DEFAULT_EVAL_FRACTION, gt=0, lt=1, description="share of train held out for eval loss (at least 1 row)"
     )

@@ -11,6 +11,8 @@ from rich.markup import escape
 
 from loraforge.cli.common import SET_OPTION, load
 from loraforge.cli.render import data_summary
+from loraforge.config import DEFAULT_BASE
+from loraforge.pipeline.distill import DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
 
 console = Console()
 DEFAULT_CONTEXT = 2048  # used only when a base config states no max_position_embeddings
@@ -58,5 +60,33 @@ def prepare(
         typer.echo(render_marked(example, tokenizer, color=color))
 
 
+def distill(
+    prompts_path: Path = typer.Argument(..., help="jsonl of prompt rows: messages ending on a user turn, or prompt."),
+    out: Path = typer.Option(..., "--out", help="Where to write the replay rows (jsonl)."),
+    base: str = typer.Option(DEFAULT_BASE, "--base", help="Base that answers: alias, HF directory or .gguf."),
+    max_new_tokens: int = typer.Option(DISTILL_MAX_NEW_TOKENS, "--max-new-tokens", min=1, help="Answer cap."),
+    batch_size: int = typer.Option(DISTILL_BATCH, "--batch-size", min=1, help="Prompts generated together."),
+) -> None:
+    """Answer each prompt with the base itself (greedy) and write training rows for data.replay.
+
+    Mixing these rows into training keeps the base's general skills (self-distillation replay).
+    Unfinished answers and answers failing a row's `checks` are dropped.
+    """
+    from loraforge.models import load_base
+    from loraforge.pipeline.distill import distill as run_distill
+    from loraforge.pipeline.distill import read_prompts, write_rows
+
+    prompts = read_prompts(prompts_path)
+    loaded = load_base(base)
+    console.print(f"answering {len(prompts)} prompts with {base} (greedy, up to {max_new_tokens} tokens)")
+    result = run_distill(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True)
+    write_rows(out, result.rows)
+    dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(result.dropped.items())) or "none"
+    console.print(f"wrote {len(result.rows)} rows to {out} (dropped: {dropped})", highlight=False)
+    for line in result.examples_dropped[:5]:
+        console.print(f"  dropped {escape(line)}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("prepare")(prepare)
+    app.command("distill")(distill)

@@ -21,7 +21,8 @@ def data_summary(report: dict[str, Any], output: Path) -> Table:
     pii = report["pii"]
     rows = {
         "rows in": f"{report['rows_in']:,}",
-        "rows kept": f"{report['rows_kept']:,} (train {report['split']['train']:,}, eval {report['split']['eval']:,})",
+        "rows kept": f"{report['rows_kept']:,} (train {report['split']['train']:,}{_replay(report)}, "
+        f"eval {report['split']['eval']:,})",
         "dropped": dropped,
         "leaked (golden duplicates removed)": str(report["leaked"]),
         "duplicates": f"exact {report['duplicates']['exact']}, near {report['duplicates']['near']}",
@@ -84,3 +85,8 @@ def report_gate(console: Console, report: Any, eval_dir: Path) -> None:
     if not report.passed:
         raise GateBlocked("eval gate blocked the adapter:\n" + "\n".join(f"  - {r}" for r in report.reasons))
     console.print("[bold green]gate: pass[/]")
+
+
+def _replay(report: dict[str, Any]) -> str:
+    replay = report["split"].get("replay", 0)
+    return f" incl. {replay:,} replay" if replay else ""

@@ -48,14 +48,15 @@ class _Stage:
     dropped: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     truncated: int = 0
+    replay_rows: int = 0
+    replay_distinct: int = 0
 
 
 def _read_all(spec: DataSpec) -> dict[str, ReadResult]:
     """Read every file; in strict mode, one DataError lists the problems of all of them."""
-    paths = {"train": spec.train, "eval": spec.eval, "golden": spec.golden}
     results: dict[str, ReadResult] = {}
     errors: list[str] = []
-    for name, path in paths.items():
+    for name, path in _named_paths(spec).items():
         if path is None:
             continue
         try:
@@ -95,6 +96,16 @@ def _tokenize_all(
                 examples.append(example_from_encoding(record, ids, offsets, spans, tokenizer))
             bar.update(len(chunk))
     return examples
+
+
+def _replay_mix(replay: list[Record], n_task: int, ratio: float | None, seed: int) -> list[Record]:
+    """Replay rows for one epoch: each once, or repeated in a seeded order to make `ratio` of the rows."""
+    if ratio is None or not replay:
+        return replay
+    wanted = round(ratio * n_task / (1 - ratio))
+    order = list(range(len(replay)))
+    random.Random(seed).shuffle(order)
+    return [replay[order[i % len(order)]] for i in range(wanted)]
 
 
 def percentile(sorted_values: list[int], pct: float) -> int:
@@ -159,7 +170,7 @@ def prepare_data(
     key = cache_key(
         {
             "files": hashes,
-            "spec": spec.model_dump(mode="json", exclude={"train", "eval", "golden"}),
+            "spec": spec.model_dump(mode="json", exclude=set(_named_paths(spec))),
             "tokenizer": tokenizer_sha256(tokenizer),
             "template": template_sha256(template),
             "seed": seed,
@@ -180,9 +191,12 @@ def prepare_data(
     return data
 
 
+def _named_paths(spec: DataSpec) -> dict[str, Path | None]:
+    return {"train": spec.train, "eval": spec.eval, "golden": spec.golden, "replay": spec.replay}
+
+
 def _paths(spec: DataSpec) -> dict[str, Path]:
-    paths = {"train": spec.train, "eval": spec.eval, "golden": spec.golden}
-    return {name: path for name, path in paths.items() if path is not None and path.is_file()}
+    return {name: path for name, path in _named_paths(spec).items() if path is not None and path.is_file()}
 
 
 def _write_report(out_dir: Path | None, report: dict[str, Any]) -> None:
@@ -210,6 +224,14 @@ def _prepare_fresh(
         train_records, eval_records = hygiene.kept, eval_clean.kept
     else:
         train_records, eval_records = _split(hygiene.kept, spec.eval_fraction, seed)
+    if "replay" in read:  # mixed into training only: eval loss keeps measuring the task
+        replay = clean_records(
+            read["replay"].records, threshold=spec.near_dup_threshold, dedup=spec.dedup, golden=index
+        )
+        stage.dropped.update({f"replay_{k}": v for k, v in replay.counts().items() if v})
+        mixed = _replay_mix(replay.kept, len(train_records), spec.replay_ratio, seed)
+        stage.replay_rows, stage.replay_distinct = len(mixed), len(replay.kept)
+        train_records = train_records + mixed
     pii = _pii(train_records + eval_records, spec, scanner)
     train_records, eval_records = pii.records[: len(train_records)], pii.records[len(train_records) :]
     train_full = _tokenize_all(train_records, tokenizer, spec, template, "tokenize train", progress)
@@ -250,8 +272,14 @@ def build_report(
     efficiency = packing_efficiency(pack_examples(train, max_seq_len, seed=seed), max_seq_len) if spec.packing else None
     return {
         "rows_in": read["train"].rows_in,
-        "rows_kept": len(train) + (0 if spec.eval is not None else len(eval_examples)),
-        "split": {"train": len(train), "eval": len(eval_examples), "eval_source": str(spec.eval or "held out")},
+        "rows_kept": len(train) - stage.replay_rows + (0 if spec.eval is not None else len(eval_examples)),
+        "split": {
+            "train": len(train),
+            "eval": len(eval_examples),
+            "eval_source": str(spec.eval or "held out"),
+            "replay": stage.replay_rows,
+            "replay_distinct": stage.replay_distinct,
+        },
         "dropped": dict(sorted(stage.dropped.items())),
         "leaked": len(hygiene.leaked),
         "leaked_rows": [f.as_dict() for f in hygiene.leaked],
@@ -282,6 +310,7 @@ def build_report(
         },
         "train_sha256": read["train"].sha256,
         "eval_sha256": read["eval"].sha256 if "eval" in read else None,
+        "replay_sha256": read["replay"].sha256 if "replay" in read else None,
         "golden_sha256": read["golden"].sha256 if "golden" in read else None,
         "golden_rows": len(read["golden"].records) if "golden" in read else 0,
         "template_sha256": template_sha256(template),

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from peft import PeftModel
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from loraforge.models.forward import causal_lm_of, head_at_labels, summed_nll_per_row
@@ -21,11 +22,26 @@ def generate_chat(
     batch_size: int = 8,
 ) -> list[str]:
     """Greedy answers for each conversation (its last turn is the user's), in input order."""
-    answers: list[str] = []
+    return [text for text, _ in generate_chat_finished(model, tokenizer, conversations, max_new_tokens, batch_size)]
+
+
+def generate_chat_finished(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Message]],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[tuple[str, bool]]:
+    """(answer, finished) per conversation: finished is False when the answer hit max_new_tokens
+    before an end-of-turn token, so it is cut off mid-thought."""
+    results: list[tuple[str, bool]] = []
+    stop_ids = _stop_ids(model, tokenizer)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt
+    starts = range(0, len(conversations), batch_size)
     try:
-        for start in range(0, len(conversations), batch_size):
+        for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
             chunk = conversations[start : start + batch_size]
             texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -38,10 +54,20 @@ def generate_chat(
                     pad_token_id=tokenizer.pad_token_id,
                 )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
-            answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            finished = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device)).any(dim=1)
+            texts_out = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            results.extend((t.strip(), bool(f)) for t, f in zip(texts_out, finished.tolist(), strict=True))
     finally:
         tokenizer.padding_side = previous_side
-    return [a.strip() for a in answers]
+    return results
+
+
+def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end generation: the generation config's eos ids (one or a list) and the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [*ids, tokenizer.eos_token_id]
+    return sorted({int(i) for i in ids if i is not None})
 
 
 def score_then_generate(
