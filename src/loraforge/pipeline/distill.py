@@ -60,7 +60,7 @@ def read_prompts(path: Path) -> list[Prompt]:
         if not raw.strip():
             continue
         try:
-            prompts.append(_parse_prompt(raw, path, line_no))
+            prompts.append(_parse_prompt(raw, line_no))
         except ValueError as exc:
             problems.append(f"{path} line {line_no}: {exc}")
     if problems:
@@ -70,7 +70,7 @@ def read_prompts(path: Path) -> list[Prompt]:
     return prompts
 
 
-def _parse_prompt(raw: str, path: Path, line: int) -> Prompt:
+def _parse_prompt(raw: str, line: int) -> Prompt:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
