@@ -1,4 +1,4 @@
-"""Batched greedy chat generation with the base's own chat template."""
+"""Batched chat generation with the base's own chat template: greedy, or sampled for probe building."""
 
 from __future__ import annotations
 
@@ -35,7 +35,46 @@ def generate_chat_finished(
 ) -> list[tuple[str, bool]]:
     """(answer, finished) per conversation: finished is False when the answer hit max_new_tokens
     before an end-of-turn token, so it is cut off mid-thought."""
-    results: list[tuple[str, bool]] = []
+    batches = _generate(model, tokenizer, conversations, batch_size, progress, max_new_tokens=max_new_tokens)
+    return [answer for batch in batches for answer in batch]
+
+
+def sample_chat(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Message]],
+    *,
+    samples: int,
+    temperature: float,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[list[str]]:
+    """`samples` answers per conversation drawn at `temperature` (seeded), in input order.
+
+    `batch_size` counts sequences: each batch holds batch_size // samples conversations."""
+    torch.manual_seed(seed)
+    per_batch = max(1, batch_size // samples)
+    batches = _generate(
+        model, tokenizer, conversations, per_batch, progress,
+        max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
+        num_return_sequences=samples,
+    )  # fmt: skip
+    flat = [text for batch in batches for text, _ in batch]
+    return [flat[i : i + samples] for i in range(0, len(flat), samples)]
+
+
+def _generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Message]],
+    batch_size: int,
+    progress: bool,
+    **generate_kwargs: object,
+) -> list[list[tuple[str, bool]]]:
+    """Per batch of conversations, (answer, finished) per generated sequence, in input order."""
+    results: list[list[tuple[str, bool]]] = []
     stop_ids = _stop_ids(model, tokenizer)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt
@@ -48,15 +87,12 @@ def generate_chat_finished(
             enc = enc.to(model.device)
             with torch.no_grad():
                 out = model.generate(  # type: ignore[operator]
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
+                    **enc, pad_token_id=tokenizer.pad_token_id, **{"do_sample": False, **generate_kwargs}
                 )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             finished = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device)).any(dim=1)
             texts_out = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            results.extend((t.strip(), bool(f)) for t, f in zip(texts_out, finished.tolist(), strict=True))
+            results.append([(t.strip(), bool(f)) for t, f in zip(texts_out, finished.tolist(), strict=True)])
     finally:
         tokenizer.padding_side = previous_side
     return results
