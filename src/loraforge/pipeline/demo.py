@@ -34,8 +34,9 @@ DEFAULT_DATA_DIR = Path("examples/support_tickets")
 # learns the JSON format within 30 steps but not the issue and urgency labels; at 5e-4 it learns
 # them and, trained on the task alone, forgets general knowledge and refusals, so the gate blocks.
 # Replay (the base's own answers to 80 general prompts, examples/support_tickets/replay.jsonl,
-# 20% of the training rows) brings refusals back to 100%; general probes still lose 2-4 of 25, so
-# the gate still blocks (#8). Steps of 4 rows learn more per token than steps of 8.
+# 20% of the training rows) brings refusals back to 100% and keeps 22 of the 23 robust general
+# probes, so the gate passes (docs/PERFORMANCE.md, 2026-11-29). Steps of 4 rows learn more per
+# token than steps of 8.
 # Eval loss runs twice on 5% of the rows (38): an eval pass over the default 10% costs as much as
 # ~4 training steps.
 DEMO_DATA = {"eval_fraction": 0.05, "replay_ratio": 0.2}
