@@ -89,3 +89,24 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "data:\n  train: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML line"):
         load_config(path)
+
+
+def test_replay_kl_needs_replay_rows_and_a_positive_weight() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"data": {"train": "x.jsonl"}, "train": {"replay_kl": 0.1}}, check_files=False)
+    assert "train.replay_kl: anchors replay rows to the base, but data.replay is not set" in str(info.value)
+    with pytest.raises(ConfigError, match=r"train.replay_kl: Input should be greater than 0"):
+        validate_config(
+            {"data": {"train": "x.jsonl", "replay": "r.jsonl"}, "train": {"replay_kl": 0}}, check_files=False
+        )
+    pissa = {"data": {"train": "x.jsonl", "replay": "r.jsonl"}, "lora": {"variant": "pissa"}, "train": {"replay_kl": 1}}
+    with pytest.raises(ConfigError, match=r"lora.variant=pissa"):
+        validate_config(pissa, check_files=False)
+    config = validate_config(
+        {"data": {"train": "x.jsonl", "replay": "r.jsonl"}, "train": {"replay_kl": 0.1}}, check_files=False
+    )
+    assert config.train.replay_kl == 0.1
+    assert validate_config({"data": {"train": "x.jsonl"}}, check_files=False).train.replay_kl is None
+    with pytest.raises(ConfigError) as info:  # reported beside the other problems, in one pass
+        validate_config({"data": {"train": "x.jsonl"}, "lora": {"r": 0}, "train": {"replay_kl": 1}}, check_files=False)
+    assert len(info.value.problems) == 2 and "data.replay is not set" in str(info.value)

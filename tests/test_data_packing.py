@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,28 @@ def test_collate_packed_pads_with_ignored_labels_and_a_separate_position_run() -
     short = [row for row in range(2) if batch["labels"][row, 3:].eq(IGNORE_INDEX).all()][0]
     assert batch["input_ids"][short, 3:].tolist() == [2, 2, 2]
     assert batch["position_ids"][short].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_anchor_marks_only_the_replay_examples_loss_tokens_after_packing() -> None:
+    task, replay = _example(6, 1), replace(_example(8, 2), replay=True)
+    [seq] = pack_examples([task, replay], max_seq_len=16)
+    assert (seq.lengths, seq.replay) == ((8, 6), (True, False))  # first fit decreasing: the longer one first
+    [short] = pack_examples([_example(4, 3)], max_seq_len=16)
+    batch = collate_packed([seq, short], anchor=True)
+    expected = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    expected[0, :8] = batch["labels"][0, :8] != IGNORE_INDEX
+    assert expected.any() and (batch["labels"][0, 8:14] != IGNORE_INDEX).any()
+    assert torch.equal(batch["anchor"], expected)  # the task example's loss tokens, padding, row 2: never
+    assert not batch["anchor"][0, 0]  # the first label of a packed example carries no loss
+
+
+def test_anchor_is_left_out_when_off_or_when_no_replay_token_is_in_the_batch() -> None:
+    rows = pack_examples([_example(6, 1), _example(5, 2)], max_seq_len=8)
+    assert "anchor" not in collate_packed(rows, anchor=True)
+    replayed = pack_examples([replace(_example(6, 1), replay=True)], max_seq_len=8)
+    assert "anchor" not in collate_packed(replayed, anchor=False)
+    padded = collate_padded([_example(5, 1), replace(_example(4, 2), replay=True)], anchor=True)
+    assert padded["anchor"].tolist() == [[False] * 5, [False, False, True, True, False]]
 
 
 def test_collate_padded_masks_padding() -> None:

@@ -116,6 +116,19 @@ def test_replay_rows_join_training_only_after_the_same_hygiene(tmp_path: Path, t
     assert [sum(q in t for t in trained) for q in ("capital of france", "boil an egg")] == [4, 4]
 
 
+def test_replay_examples_are_tagged_and_the_tag_survives_the_cache(tmp_path: Path, tokenizer: Any) -> None:
+    train = _write(tmp_path / "t.jsonl", [_row(f"order {i} arrived broken {i * 7}") for i in range(6)])
+    replay = _write(tmp_path / "replay.jsonl", [_row("what is the capital of france", "Paris.")])
+    spec = DataSpec(train=train, replay=replay, pii="off", eval_fraction=0.2)
+    first = _prepare(spec, tokenizer, cache=tmp_path / "cache")
+    second = _prepare(spec, tokenizer, cache=tmp_path / "cache")
+    assert second.report["cached"]
+    for data in (first, second):
+        tagged = [tokenizer.decode(ex.input_ids) for ex in data.train if ex.replay]
+        assert len(tagged) == 1 and "capital of france" in tagged[0]
+        assert not any(ex.replay for ex in data.eval)
+
+
 def test_report_on_the_bundled_data_holds_counts_hashes_percentiles_and_packing(tmp_path: Path, tokenizer: Any) -> None:
     spec = DataSpec(train=EXAMPLES / "train.jsonl", golden=EXAMPLES / "golden.jsonl")
     _prepare(spec, tokenizer, out=tmp_path)

@@ -1,4 +1,5 @@
-"""Two CPU processes (DDP over gloo, through `accelerate launch`) follow the single-process loss curve.
+"""Two CPU processes (DDP over gloo, through `accelerate launch`) follow the single-process loss curve,
+with and without the replay KL (whose base forward runs inside the DDP-wrapped loss module).
 
 The worker is this file run as a script, once plainly and once under `accelerate launch`.
 """
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,16 +20,21 @@ SPEC = dict(lr=5e-3, warmup_ratio=0.0, grad_accum=2, max_steps=4, eval_every=0.5
 GLOBAL_MICRO_BATCH = 4  # rows per micro-batch across all processes
 
 
-def run_worker(base_dir: Path, out: Path) -> None:
-    """Train with GLOBAL_MICRO_BATCH split over however many processes were launched."""
+def run_worker(base_dir: Path, out: Path, replay_kl: float | None) -> None:
+    """Train with GLOBAL_MICRO_BATCH split over however many processes were launched; with replay_kl,
+    every third row is a replay row."""
+    from dataclasses import replace
+    from functools import partial
+
     import torch
     from accelerate import Accelerator
-    from test_train_batches import tiny_plan
+    from test_train_batches import tiny_examples, tiny_plan
     from transformers import set_seed
 
     from loraforge.config import LoraSpec, TrainSpec
+    from loraforge.data import collate_padded
     from loraforge.models import attach_lora, load_base
-    from loraforge.train import train
+    from loraforge.train import BatchPlan, train
 
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
@@ -36,10 +43,17 @@ def run_worker(base_dir: Path, out: Path) -> None:
     model = attach_lora(load_base(str(base_dir)).model, LoraSpec(r=4, alpha=8, dropout=0.0))
     micro = GLOBAL_MICRO_BATCH // world
     plan = tiny_plan(base_dir, n_train=32, micro=micro, world_size=world, rank=rank)
-    spec = TrainSpec(**{**SPEC, "micro_batch_size": micro})
+    if replay_kl is not None:
+        rows = tiny_examples(base_dir, 38)
+        tagged = [replace(ex, replay=i % 3 == 0) for i, ex in enumerate(rows[:32])]
+        collate = partial(collate_padded, anchor=True)
+        plan = BatchPlan(tagged, rows[32:], collate, micro_batch_size=micro, seed=0, world_size=world, rank=rank)
+    spec = TrainSpec(**{**SPEC, "micro_batch_size": micro, "replay_kl": replay_kl})
     result = train(model, plan, spec, out, identity={}, accelerator=accelerator)
     if accelerator.is_main_process:
-        losses = {"train": result.train_losses, "eval": result.eval_losses, "world": world}
+        records = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+        kls = [r["replay_kl"] for r in records if "replay_kl" in r]
+        losses = {"train": result.train_losses, "eval": result.eval_losses, "world": world, "replay_kl": kls}
         (out / "losses.json").write_text(json.dumps(losses))
 
 
@@ -49,25 +63,34 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _launch(prefix: list[str], base_dir: Path, out: Path) -> dict[str, list[list[float]]]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    done = subprocess.run([*prefix, __file__, str(base_dir), str(out)], env=env, capture_output=True, timeout=400)
+def _launch(prefix: list[str], base_dir: Path, out: Path, replay_kl: float | None) -> dict[str, Any]:
+    paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    args = [*prefix, __file__, str(base_dir), str(out), str(replay_kl)]
+    done = subprocess.run(args, env=env, capture_output=True, timeout=400)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     return json.loads((out / "losses.json").read_text())
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tiny_base_dir: Path, tmp_path: Path) -> None:
-    single = _launch([sys.executable], tiny_base_dir, tmp_path / "one")
+@pytest.mark.parametrize("replay_kl", [None, 0.5])
+def test_two_processes_match_one_with_the_same_global_batch(
+    replay_kl: float | None, tiny_base_dir: Path, tmp_path: Path
+) -> None:
+    single = _launch([sys.executable], tiny_base_dir, tmp_path / "one", replay_kl)
     # --multi_gpu selects accelerate's torchrun launcher; without GPUs the processes join over gloo
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     accelerate += ["--main_process_port", str(_free_port())]
-    double = _launch(accelerate, tiny_base_dir, tmp_path / "two")
+    double = _launch(accelerate, tiny_base_dir, tmp_path / "two", replay_kl)
     assert double["world"] == 2
     for curve in ("train", "eval"):
         ours, theirs = [loss for _, loss in single[curve]], [loss for _, loss in double[curve]]
         assert ours == pytest.approx(theirs, rel=1e-4)
+    assert len(single["replay_kl"]) == (0 if replay_kl is None else SPEC["max_steps"])
+    assert single["replay_kl"] == pytest.approx(double["replay_kl"], rel=1e-4, abs=1e-6)
+    if replay_kl is not None:
+        assert single["replay_kl"][-1] > 0
 
 
 if __name__ == "__main__":
-    run_worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    run_worker(Path(sys.argv[1]), Path(sys.argv[2]), None if sys.argv[3] == "None" else float(sys.argv[3]))

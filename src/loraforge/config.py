@@ -169,6 +169,14 @@ class TrainSpec(Section):
     gradient_checkpointing: bool = Field(
         default=False, description="recompute activations in backward: less memory, ~30% slower"
     )
+    replay_kl: float | None = Field(
+        default=None,
+        gt=0,
+        description="weight of a KL anchor on data.replay rows: each of their answer tokens also adds "
+        "replay_kl * KL(p_base, p_adapter) over the full vocabulary, so the adapter keeps the base's whole "
+        "next-token distribution there, not only its greedy answer; costs one extra no-grad base forward "
+        "over the rows holding replay examples; unset: off",
+    )
     log_every: int = Field(default=1, gt=0, description="optimizer steps between train-loss log lines")
     log_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list, description="extra metric writers besides metrics.jsonl"
@@ -271,15 +279,41 @@ def validate_config(raw: dict[str, Any], source: str = "config", check_files: bo
         problems.extend(_describe(e) for e in exc.errors())  # type: ignore[arg-type]
     if check_files:
         problems.extend(_missing_files(raw))
+    problems.extend(_cross_section_problems(raw))
     if problems or config is None:
         raise ConfigError(problems, source)
     return config
 
 
+def _cross_section_problems(raw: dict[str, Any]) -> list[str]:
+    """Settings that are valid alone but not together; read from the raw mapping, like _missing_files,
+    so they are reported beside every other problem."""
+    data, lora, train = (_raw_section(raw, name) for name in ("data", "lora", "train"))
+    if train.get("replay_kl") is None:
+        return []
+    problems = []
+    if data.get("replay") is None:
+        problems.append(
+            "train.replay_kl: anchors replay rows to the base, but data.replay is not set; "
+            "set data.replay (rows from `loraforge distill`) or remove train.replay_kl"
+        )
+    if lora.get("variant") == "pissa":
+        problems.append(
+            "train.replay_kl: lora.variant=pissa moves the adapter's starting weights out of the base, so the "
+            "base with its adapter switched off is not the base the KL must anchor to; use another "
+            "lora.variant or remove train.replay_kl"
+        )
+    return problems
+
+
+def _raw_section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    section = raw.get(name)
+    return section if isinstance(section, dict) else {}
+
+
 def _missing_files(raw: dict[str, Any]) -> list[str]:
     """Checked on the raw mapping so a missing file is reported beside every other problem."""
-    section = raw.get("data")
-    data: dict[str, Any] = section if isinstance(section, dict) else {}
+    data = _raw_section(raw, "data")
     problems = []
     for key in ("train", "golden", "eval", "template"):
         path = data.get(key)

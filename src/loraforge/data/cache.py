@@ -17,7 +17,7 @@ import numpy as np
 from loraforge.data.types import PreparedData, Record, TokenizedExample
 from loraforge.files import atomic_dir
 
-CACHE_VERSION = 1  # bump when the tokenized layout or labelling rules change, so old entries miss
+CACHE_VERSION = 2  # bump when the tokenized layout or labelling rules change, so old entries miss (2: replay tag)
 
 
 def tokenizer_sha256(tokenizer: Any) -> str:
@@ -42,7 +42,8 @@ def _flatten(examples: list[TokenizedExample]) -> dict[str, np.ndarray]:
     labels = np.fromiter((t for ex in examples for t in ex.labels), dtype=np.int64, count=int(lengths.sum()))
     lines = np.array([ex.line for ex in examples], dtype=np.int64)
     truncated = np.array([ex.truncated for ex in examples], dtype=np.bool_)
-    return {"lengths": lengths, "ids": ids, "labels": labels, "lines": lines, "truncated": truncated}
+    replay = np.array([ex.replay for ex in examples], dtype=np.bool_)
+    return {"lengths": lengths, "ids": ids, "labels": labels, "lines": lines, "truncated": truncated, "replay": replay}
 
 
 def _unflatten(arrays: dict[str, np.ndarray]) -> list[TokenizedExample]:
@@ -50,11 +51,10 @@ def _unflatten(arrays: dict[str, np.ndarray]) -> list[TokenizedExample]:
     labels = arrays["labels"].tolist()
     out = []
     start = 0
-    for length, line, truncated in zip(
-        arrays["lengths"].tolist(), arrays["lines"].tolist(), arrays["truncated"].tolist(), strict=True
-    ):
+    columns = (arrays[name].tolist() for name in ("lengths", "lines", "truncated", "replay"))
+    for length, line, truncated, replay in zip(*columns, strict=True):
         end = start + length
-        out.append(TokenizedExample(tuple(ids[start:end]), tuple(labels[start:end]), line, truncated))
+        out.append(TokenizedExample(tuple(ids[start:end]), tuple(labels[start:end]), line, truncated, replay))
         start = end
     return out
 

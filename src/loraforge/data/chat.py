@@ -118,9 +118,9 @@ def example_from_encoding(
     if record.kind == "text":
         end = eos_id(tokenizer)
         ids = [*ids, end] if end is not None else list(ids)  # a document ends: the model learns where
-        return TokenizedExample(input_ids=tuple(ids), labels=tuple(ids), line=record.line)
+        return TokenizedExample(input_ids=tuple(ids), labels=tuple(ids), line=record.line, replay=record.replay)
     labels = labels_from_spans(ids, offsets, spans, special_token_ids(tokenizer))
-    return TokenizedExample(input_ids=tuple(ids), labels=tuple(labels), line=record.line)
+    return TokenizedExample(input_ids=tuple(ids), labels=tuple(labels), line=record.line, replay=record.replay)
 
 
 def record_text(record: Record, tokenizer: Any, *, train_on: str, chat_template: str | None) -> tuple[str, list[Span]]:

@@ -87,6 +87,7 @@ def _join(members: list[TokenizedExample]) -> PackedSequence:
         labels=tuple(labels),
         position_ids=tuple(positions),
         lengths=tuple(len(ex.input_ids) for ex in members),
+        replay=tuple(ex.replay for ex in members) if any(ex.replay for ex in members) else (),
     )
 
 
@@ -97,12 +98,15 @@ def packing_efficiency(seqs: list[PackedSequence], max_seq_len: int) -> float:
     return sum(len(s.input_ids) for s in seqs) / (len(seqs) * max_seq_len)
 
 
-def collate_packed(seqs: list[PackedSequence], *, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+def collate_packed(
+    seqs: list[PackedSequence], *, pad_token_id: int = 0, anchor: bool = False
+) -> dict[str, torch.Tensor]:
     """input_ids, labels, position_ids padded to the longest row; deliberately no attention_mask.
 
     Padding gets its own position run starting at 0, so it forms a separate block that no real token
     attends to; its labels are -100. Call the model with use_cache=False (a cache object disables
-    the packed-sequence detection and rows would attend across examples).
+    the packed-sequence detection and rows would attend across examples). `anchor=True` adds the
+    replay rows' loss tokens as a bool `anchor` map (see `anchor_map`).
     """
     if not seqs:
         raise DataError("collate_packed got no sequences; the batch is empty")
@@ -111,17 +115,38 @@ def collate_packed(seqs: list[PackedSequence], *, pad_token_id: int = 0) -> dict
     for row, seq in enumerate(seqs):
         n = len(seq.input_ids)
         positions[row, n:] = torch.arange(width - n)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+    batch = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return batch | (anchor_map([_replay_tokens(s) for s in seqs], labels) if anchor else {})
 
 
-def collate_padded(examples: list[TokenizedExample], *, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """One example per row, right-padded: input_ids, labels (-100 on padding), attention_mask."""
+def collate_padded(
+    examples: list[TokenizedExample], *, pad_token_id: int = 0, anchor: bool = False
+) -> dict[str, torch.Tensor]:
+    """One example per row, right-padded: input_ids, labels (-100 on padding), attention_mask; with
+    `anchor=True` also the replay rows' loss tokens (see `anchor_map`)."""
     if not examples:
         raise DataError("collate_padded got no examples; the batch is empty")
     ids, labels, mask = _right_padded(
         [(ex.input_ids, ex.labels, [1] * len(ex.input_ids)) for ex in examples], pad_token_id
     )
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return batch | (anchor_map([[ex.replay] * len(ex.input_ids) for ex in examples], labels) if anchor else {})
+
+
+def anchor_map(replay_tokens: list[list[bool]], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"anchor": bool map shaped like labels, True on the loss tokens of replay examples}, or {} when
+    the batch has none: a batch without replay tokens is exactly the batch it was without the option."""
+    flags = torch.zeros(labels.shape, dtype=torch.bool)
+    for row, tokens in enumerate(replay_tokens):
+        flags[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.bool)
+    flags &= labels != IGNORE_INDEX
+    return {"anchor": flags} if bool(flags.any()) else {}
+
+
+def _replay_tokens(seq: PackedSequence) -> list[bool]:
+    if not seq.replay:
+        return [False] * len(seq.input_ids)
+    return [flag for flag, length in zip(seq.replay, seq.lengths, strict=True) for _ in range(length)]
 
 
 def _right_padded(

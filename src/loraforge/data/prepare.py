@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,15 @@ def _tokenize_all(
 
 
 def _replay_mix(replay: list[Record], n_task: int, ratio: float | None, seed: int) -> list[Record]:
-    """Replay rows for one epoch: each once, or repeated in a seeded order to make `ratio` of the rows."""
-    if ratio is None or not replay:
-        return replay
+    """Replay rows for one epoch, tagged `replay`: each once, or repeated in a seeded order to make
+    `ratio` of the rows."""
+    tagged = [replace(record, replay=True) for record in replay]
+    if ratio is None or not tagged:
+        return tagged
     wanted = round(ratio * n_task / (1 - ratio))
-    order = list(range(len(replay)))
+    order = list(range(len(tagged)))
     random.Random(seed).shuffle(order)
-    return [replay[order[i % len(order)]] for i in range(wanted)]
+    return [tagged[order[i % len(order)]] for i in range(wanted)]
 
 
 def percentile(sorted_values: list[int], pct: float) -> int:

@@ -1,7 +1,7 @@
 """What flows out of the data stage. Train and evaluate depend on these names.
 
 Record           a validated jsonl row, normalised to chat messages (or raw text)
-TokenizedExample one rendered row: token ids and labels (-100 where no loss)
+TokenizedExample one rendered row: token ids, labels (-100 where no loss), whether it is a replay row
 PackedSequence   several examples packed into one training row, positions restarting per example
 PreparedData     train/eval examples, the golden records, the resolved max_seq_len and the report
 """
@@ -30,6 +30,7 @@ class Record:
     id: str | None = None
     slice: str | None = None
     checks: tuple[dict[str, Any], ...] = ()
+    replay: bool = False  # from data.replay: train.replay_kl anchors its answer tokens to the base
 
     @property
     def where(self) -> str:
@@ -42,6 +43,7 @@ class TokenizedExample:
     labels: tuple[int, ...]  # same length; IGNORE_INDEX on prompt, system and padding tokens
     line: int  # source line, for messages that point back at the data
     truncated: bool = False  # prompt tokens were cut from the left to fit max_seq_len
+    replay: bool = False  # a data.replay row: its loss tokens are the ones train.replay_kl anchors
 
     @property
     def n_loss_tokens(self) -> int:
@@ -57,6 +59,7 @@ class PackedSequence:
     labels: tuple[int, ...]
     position_ids: tuple[int, ...]
     lengths: tuple[int, ...]  # length of each packed example, in order
+    replay: tuple[bool, ...] = ()  # per packed example, aligned with lengths; () means no replay example
 
 
 @dataclass

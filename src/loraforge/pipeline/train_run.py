@@ -21,6 +21,7 @@ from transformers import set_seed
 
 from loraforge.config import Config, render_yaml, to_plain
 from loraforge.data import PreparedData, collate_packed, collate_padded, pack_examples, prepare_data
+from loraforge.errors import TrainError
 from loraforge.files import write_text_atomic
 from loraforge.models import LoadedBase, attach_lora, load_base
 from loraforge.models.base import loraforge_home
@@ -96,15 +97,25 @@ def load_train_base(config: Config, device: torch.device) -> LoadedBase:
 
 
 def build_batch_plan(config: Config, data: PreparedData, base: LoadedBase, accelerator: Accelerator) -> BatchPlan:
-    """Packed rows (or one example per row) with the data stage's collate, sharded by process."""
+    """Packed rows (or one example per row) with the data stage's collate, sharded by process.
+
+    With train.replay_kl the collate marks the replay rows' loss tokens (`anchor`); eval rows are
+    never replay rows, so eval loss keeps measuring the task alone.
+    """
     pad_id = int(base.tokenizer.pad_token_id or 0)
+    anchor = config.train.replay_kl is not None
+    if anchor and not any(example.replay for example in data.train):
+        raise TrainError(
+            f"train.replay_kl is set but no row of data.replay ({config.data.replay}) is left to anchor after "
+            "cleaning and fitting to max_seq_len; see 'dropped' in OUTPUT/data_report.json, or remove train.replay_kl"
+        )
     if config.data.packing:
         train_rows: list[Any] = pack_examples(data.train, data.max_seq_len, seed=config.train.seed)
         eval_rows: list[Any] = pack_examples(data.eval, data.max_seq_len, seed=config.train.seed)
-        collate: Any = partial(collate_packed, pad_token_id=pad_id)
+        collate: Any = partial(collate_packed, pad_token_id=pad_id, anchor=anchor)
     else:
         train_rows, eval_rows = list(data.train), list(data.eval)
-        collate = partial(collate_padded, pad_token_id=pad_id)
+        collate = partial(collate_padded, pad_token_id=pad_id, anchor=anchor)
     return BatchPlan(
         train_rows,
         eval_rows,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from loraforge.config import TrainSpec
-from loraforge.data import count_loss_tokens
+from loraforge.data import IGNORE_INDEX, count_loss_tokens
 from loraforge.errors import TrainError
 from loraforge.train.batches import BatchPlan
 from loraforge.train.checkpoint import (
@@ -104,6 +104,7 @@ class _Run:
 
     model: PeftModel
     loss_module: torch.nn.Module  # TokenLossSum, DDP-wrapped when several processes run
+    loss_sum: TokenLossSum  # the same module unwrapped: its last_kl_sum is read after each forward
     batches: BatchPlan
     spec: TrainSpec
     plan: StepPlan
@@ -151,7 +152,7 @@ def train(
     model.train()
     while state.step < plan.total_steps:
         started = time.perf_counter()
-        loss, grad_norm, n_tokens = _optimizer_step(run, state)
+        loss, grad_norm, n_tokens, replay_kl = _optimizer_step(run, state)
         _guard(loss, grad_norm, state.step + 1, spec)
         run.scheduler.step()
         state.step += 1
@@ -161,7 +162,8 @@ def train(
         run.tokens_seen += n_tokens
         last = state.step == plan.total_steps
         if state.step % spec.log_every == 0 or last:
-            run.metrics.log("train", state.step, epoch=round(state.epoch, 4), loss=loss, grad_norm=grad_norm,
+            kl = {"replay_kl": replay_kl} if replay_kl is not None else {}  # mean KL per anchored token
+            run.metrics.log("train", state.step, epoch=round(state.epoch, 4), loss=loss, grad_norm=grad_norm, **kl,
                             lr=run.scheduler.get_last_lr()[0], tokens_per_s=round(run.tokens_per_s, 1))  # fmt: skip
         improved, stop = False, None
         if state.step % plan.eval_every_steps == 0 or last:
@@ -196,37 +198,51 @@ def _setup(
         base = cast(PreTrainedModel, model.get_base_model())
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     fuse_lora_layers(model)  # same math as PEFT's forward, fewer elementwise passes (docs/PERFORMANCE.md)
-    loss_module = accelerator.prepare_model(TokenLossSum(model))
+    loss_sum = TokenLossSum(model, replay_kl=spec.replay_kl)
+    loss_module = accelerator.prepare_model(loss_sum)  # the base forward for the KL runs inside its forward
     optimizer = build_optimizer(model, spec, loraplus_lr_ratio)
     scheduler = build_scheduler(optimizer, spec, plan.total_steps)
     metrics = MetricsLog(out_dir, spec.log_to, write=accelerator.is_main_process)
-    return _Run(model, loss_module, batches, spec, plan, optimizer, scheduler, metrics, accelerator, out_dir, identity)
+    return _Run(
+        model, loss_module, loss_sum, batches, spec, plan, optimizer, scheduler, metrics, accelerator, out_dir, identity
+    )
 
 
-def _optimizer_step(run: _Run, state: LoopState) -> tuple[float, float, int]:
-    """Accumulate over the step's micro-batches; return (mean token loss, grad norm, tokens seen)."""
+def _optimizer_step(run: _Run, state: LoopState) -> tuple[float, float, int, float | None]:
+    """Accumulate over the step's micro-batches; return (mean token loss, grad norm, tokens seen, mean
+    replay KL per anchored token, None when train.replay_kl is off or the step had no anchored token)."""
     accelerator, spec = run.accelerator, run.spec
     first = state.step * spec.grad_accum
     last = min(first + spec.grad_accum, run.plan.total_micro_batches)
     micro = [run.batches.train_batch(i) for i in range(first, last)]
-    counts = torch.tensor([sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro)])
-    loss_tokens, n_tokens = (int(v) for v in accelerator.reduce(counts.to(accelerator.device), reduction="sum"))
+    counts = torch.tensor(
+        [sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro), _n_anchored(micro)]
+    )
+    loss_tokens, n_tokens, anchored = (int(v) for v in accelerator.reduce(counts.to(accelerator.device), "sum"))
     # Every token of the optimizer step weighs the same: the sum over all micro-batches and processes
     # divided by their total count, not a mean of per-batch means (short batches would weigh more).
-    # DDP averages gradients over processes, hence the num_processes factor.
+    # The replay KL is part of that sum, so it is normalised the same way. DDP averages gradients
+    # over processes, hence the num_processes factor.
     scale = accelerator.num_processes / max(loss_tokens, 1)
-    loss_sum = torch.zeros((), device=accelerator.device)
+    sums = torch.zeros(2, device=accelerator.device)  # summed loss, summed replay KL
     for i, batch in enumerate(micro):
         sync = i == len(micro) - 1  # all-reduce gradients once, after the last micro-batch
         with contextlib.nullcontext() if sync else accelerator.no_sync(run.loss_module):
             summed = run.loss_module(**{k: v.to(accelerator.device) for k, v in batch.items()})
             (summed * scale).backward()
-        loss_sum += summed.detach()
+        sums[0] += summed.detach()
+        sums[1] += run.loss_sum.last_kl_sum.to(sums.device)
     grad_norm = accelerator.clip_grad_norm_(trainable_parameters(run.model), spec.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    total = accelerator.reduce(loss_sum, reduction="sum")
-    return float(total) / max(loss_tokens, 1), float(grad_norm), n_tokens
+    total, kl_total = accelerator.reduce(sums, reduction="sum").tolist()
+    replay_kl = kl_total / anchored if spec.replay_kl is not None and anchored else None
+    return total / max(loss_tokens, 1), float(grad_norm), n_tokens, replay_kl
+
+
+def _n_anchored(micro: list[dict[str, torch.Tensor]]) -> int:
+    """Replay tokens the KL anchors (as TokenLossSum counts them: after the causal shift, labelled)."""
+    return sum(int((b["anchor"][:, 1:] & (b["labels"][:, 1:] != IGNORE_INDEX)).sum()) for b in micro if "anchor" in b)
 
 
 def _n_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -1,7 +1,12 @@
-"""Summed token loss computed only at positions that carry a label.
+"""Summed token loss computed only at positions that carry a label, plus the optional replay KL.
 
 The output head is applied to the hidden states of loss positions alone: on a 49k-vocab base the
 full logits tensor is the largest activation of the step, and prompt tokens never need it.
+
+With `replay_kl` (train.replay_kl) and a batch that carries an `anchor` map (the loss tokens of
+data.replay rows), each anchored token also adds replay_kl * KL(p_base || p_adapter) over the full
+vocabulary, p_base being the same model with its adapter switched off. The base forward runs only on
+the rows holding anchored tokens, without gradient, and its head only at the anchored positions.
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ from loraforge.models.forward import logits_at_labels
 
 
 class TokenLossSum(nn.Module):
-    """Wraps a PEFT causal LM; forward returns the SUM of token cross-entropies (not a mean),
-    so the loop can normalise by every loss token of the optimizer step, across micro-batches and
-    processes. Wrapping (rather than calling parts of the model) keeps DDP's forward hooks in play."""
+    """Wraps a PEFT causal LM; forward returns the SUM of token cross-entropies (not a mean), plus
+    replay_kl times the summed replay KL, so the loop can normalise by every loss token of the
+    optimizer step, across micro-batches and processes. Wrapping (rather than calling parts of the
+    model) keeps DDP's forward hooks in play, the base forward for the KL included.
 
-    def __init__(self, model: PeftModel) -> None:
+    `last_kl_sum` holds the (detached, unweighted) summed KL of the latest forward, 0 without anchors."""
+
+    def __init__(self, model: PeftModel, replay_kl: float | None = None) -> None:
         super().__init__()
         self.model = model
+        self.replay_kl = replay_kl
+        self.last_kl_sum = torch.zeros(())
 
     def forward(
         self,
@@ -30,8 +40,51 @@ class TokenLossSum(nn.Module):
         labels: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        logits, targets, _ = logits_at_labels(
+        weight = self.replay_kl
+        if weight is not None and anchor is not None:
+            anchor = anchor & (labels != IGNORE_INDEX)
+        # the base runs first: switching the adapter off flips requires_grad on its weights, which
+        # must not happen while the adapter forward's graph waits for backward
+        base_logits = None
+        if weight is not None and anchor is not None and bool(anchor[:, 1:].any()):
+            base_logits = base_logits_at(self.model, input_ids, anchor, position_ids, attention_mask)
+        logits, targets, keep = logits_at_labels(
             self.model, input_ids, labels, position_ids, attention_mask, ignore_index=IGNORE_INDEX
         )
-        return F.cross_entropy(logits, targets, reduction="sum")
+        loss = F.cross_entropy(logits, targets, reduction="sum")
+        if weight is None or anchor is None or base_logits is None:
+            self.last_kl_sum = torch.zeros((), device=loss.device)
+            return loss
+        kl = summed_kl(base_logits, logits[anchor[:, 1:][keep]])  # keep's row-major order, narrowed to anchors
+        self.last_kl_sum = kl.detach()
+        return loss + weight * kl
+
+
+@torch.no_grad()
+def base_logits_at(
+    model: PeftModel,
+    input_ids: torch.Tensor,
+    anchor: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """fp32 logits of the adapter-free base at the anchored tokens (anchor[:, 1:], row-major); only the
+    rows holding anchored tokens go through the model."""
+    rows = anchor[:, 1:].any(dim=1).nonzero().squeeze(1)
+    anchor_labels = torch.where(anchor, 0, IGNORE_INDEX).index_select(0, rows)
+    positions = position_ids.index_select(0, rows) if position_ids is not None else None
+    mask = attention_mask.index_select(0, rows) if attention_mask is not None else None
+    with model.disable_adapter():
+        logits, _, _ = logits_at_labels(
+            model, input_ids.index_select(0, rows), anchor_labels, positions, mask, ignore_index=IGNORE_INDEX
+        )
+    return logits
+
+
+def summed_kl(base_logits: torch.Tensor, adapter_logits: torch.Tensor) -> torch.Tensor:
+    """Sum over tokens of KL(p_base || p_adapter), full vocabulary, fp32 log-softmax."""
+    base_log_probs = F.log_softmax(base_logits.float(), dim=-1)
+    adapter_log_probs = F.log_softmax(adapter_logits.float(), dim=-1)
+    return F.kl_div(adapter_log_probs, base_log_probs, log_target=True, reduction="sum")
