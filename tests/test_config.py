@@ -57,6 +57,13 @@ def test_missing_train_file_is_named(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_missing_replay_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text("")
+    path = _write(tmp_path, f"data:\n  train: {tmp_path}/train.jsonl\n  replay: gone.jsonl\n")
+    with pytest.raises(ConfigError, match="data.replay: file not found: gone.jsonl"):
+        load_config(path)
+
+
 def test_overrides_are_typed_by_the_field(tmp_path: Path) -> None:
     path = _write(tmp_path, f"data:\n  train: {tmp_path}/train.jsonl\n")
     config = load_config(path, ["train.lr=1e-4", "lora.targets=[q_proj, v_proj]", "data.packing=false"])

@@ -315,7 +315,7 @@ def _missing_files(raw: dict[str, Any]) -> list[str]:
     """Checked on the raw mapping so a missing file is reported beside every other problem."""
     data = _raw_section(raw, "data")
     problems = []
-    for key in ("train", "golden", "eval", "template"):
+    for key in ("train", "golden", "eval", "replay", "template"):
         path = data.get(key)
         if isinstance(path, str | Path) and not Path(path).is_file():
             problems.append(f"data.{key}: file not found: {path} (paths are relative to where you run loraforge)")
