@@ -11,10 +11,9 @@ from loraforge.config import (
     DEFAULT_R,
     Config,
     load_config,
-    reference_markdown,
-    render_yaml,
     validate_config,
 )
+from loraforge.config_text import reference_markdown, render_yaml
 from loraforge.errors import ConfigError
 
 

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from loraforge.cli.common import SET_OPTION, load
-from loraforge.config import DEFAULT_BASE, reference_markdown, render_yaml, validate_config
+from loraforge.config import DEFAULT_BASE, validate_config
+from loraforge.config_text import reference_markdown, render_yaml
 from loraforge.errors import ConfigError
 from loraforge.files import write_text_atomic
 

@@ -19,7 +19,8 @@ from accelerate import Accelerator
 from peft import PeftModel
 from transformers import set_seed
 
-from loraforge.config import Config, render_yaml, to_plain
+from loraforge.config import Config
+from loraforge.config_text import render_yaml, to_plain
 from loraforge.data import PreparedData, collate_packed, collate_padded, pack_examples, prepare_data
 from loraforge.errors import TrainError
 from loraforge.files import write_text_atomic
