@@ -286,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     recorded = json.loads(args.from_raw.read_text()) if args.from_raw else None
     base = None if recorded else load_base(args.base)
+    by_id = {r["id"]: r for r in recorded or []}
     everything: list[dict[str, Any]] = []
     for name, rows in candidates().items():
         if recorded is not None:
-            by_id = {r["id"]: r for r in recorded}
             answers = [by_id[r["id"]]["answer"] for r in rows]
             sampled = [by_id[r["id"]]["samples"] for r in rows]
         else:
