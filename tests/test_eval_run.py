@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from peft import PeftModel
 from loraforge.cli import main
 from loraforge.config import EvalSpec, LoraSpec
 from loraforge.data.types import IGNORE_INDEX, Record
-from loraforge.evaluate import run_gate
+from loraforge.evaluate import run_gate, runner
 from loraforge.evaluate.scoring import Case, encode_reference
 from loraforge.files import sha256_file
 from loraforge.models import LoadedBase, attach_lora, load_base, save_adapter
@@ -249,3 +250,33 @@ def test_one_pass_scoring_and_generation_match_the_two_pass_path(tiny_base_dir: 
     for (nll, count), (want_nll, want_count) in zip(scores, expected_scores, strict=True):
         assert count == want_count and count > 0
         assert nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)
+
+
+def test_the_base_is_scored_once_and_reused_while_nothing_it_depends_on_changes(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path / "home"))
+    roles_scored: list[str] = []
+    real = runner.answer_and_score
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        roles_scored.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "answer_and_score", counting)
+    base = load_base(str(tiny_base_dir))
+    model = wrecking_adapter(base)
+    first = run_gate(base, model, records(golden_file), SPEC, tmp_path / "a")
+    again = run_gate(base, model, records(golden_file), SPEC, tmp_path / "b")
+    assert roles_scored == ["gate: base", "gate: adapter", "gate: adapter"]
+    assert (first.info["base_cache"], again.info["base_cache"]) == ("miss", "hit")
+    assert [r.to_dict() for r in again.rows] == [r.to_dict() for r in first.rows]
+    assert again.verdict == first.verdict == "block"
+
+    with torch.no_grad():  # the same files, but the base in memory changed: it must be scored again
+        base.model.get_output_embeddings().weight[0] += 1.0
+    edited = run_gate(base, model, records(golden_file), SPEC, tmp_path / "c")
+    fewer = run_gate(base, model, records(golden_file)[:4], SPEC, tmp_path / "d")
+    off = run_gate(base, model, records(golden_file), SPEC.model_copy(update={"cache_base": False}), tmp_path / "e")
+    assert [edited.info["base_cache"], fewer.info["base_cache"], off.info["base_cache"]] == ["miss", "miss", "off"]
+    assert roles_scored.count("gate: base") == 4

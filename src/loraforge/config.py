@@ -201,6 +201,11 @@ class EvalSpec(Section):
         default="auto",
         description="base dtype while gating; auto: bf16 where the GPU/CPU has fast bf16 (as training), else fp32",
     )
+    cache_base: bool = Field(
+        default=True,
+        description="reuse the base's answers from an earlier gate on the same base, cases, batch size, dtype and "
+        "library versions (LORAFORGE_HOME/gate-base); the base half of the gate then costs nothing",
+    )
 
 
 class Config(Section):

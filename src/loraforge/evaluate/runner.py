@@ -18,6 +18,7 @@ from peft import PeftModel
 from loraforge.config import EvalSpec
 from loraforge.data.types import Record
 from loraforge.errors import EvalError, ModelError
+from loraforge.evaluate.base_cache import base_cache_key, load_scored, store_scored
 from loraforge.evaluate.gate import GateReport, decide
 from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS, load_probes
 from loraforge.evaluate.report import write_reports
@@ -81,6 +82,21 @@ def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
     model.load_adapter(str(against), adapter_name=AGAINST_NAME)
 
 
+def _base_scored(
+    base: LoadedBase, model: PeftModel, cases: list[Case], batch_size: int
+) -> tuple[list[str], list[tuple[float, int]], str]:
+    """The base's answers and reference losses: from the cache when the same base scored the same
+    cases before ("hit"), else scored now and stored ("miss")."""
+    key = base_cache_key(base.fingerprint, model, base.tokenizer, cases, batch_size)
+    cached = load_scored(key, len(cases))
+    if cached is not None:
+        return *cached, "hit"
+    with as_role(model, "base", str(model.active_adapter)):
+        answers, nll = answer_and_score(model, base.tokenizer, cases, batch_size, "gate: base")
+    store_scored(key, (answers, nll))
+    return answers, nll, "miss"
+
+
 def run_gate(
     base: LoadedBase,
     adapter_model: PeftModel,
@@ -100,13 +116,19 @@ def run_gate(
     adapter_model.eval()
     rows = [RowResult(case) for case in cases]
     seconds: dict[str, float] = {}
+    base_cache = "off"
     try:
         if against is not None:
             load_against(adapter_model, against, base)
         for role in roles:
             started = time.perf_counter()
-            with as_role(adapter_model, role, candidate):
-                answers, nll = answer_and_score(adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}")
+            if role == "base" and spec.cache_base:
+                answers, nll, base_cache = _base_scored(base, adapter_model, cases, spec.batch_size)
+            else:
+                with as_role(adapter_model, role, candidate):
+                    answers, nll = answer_and_score(
+                        adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}"
+                    )
             score_role(role, rows, answers, nll)
             seconds[role] = round(time.perf_counter() - started, 2)
     finally:
@@ -121,6 +143,7 @@ def run_gate(
         "against": str(against) if against is not None else None,
         "eval": spec.model_dump(mode="json"),
         "seconds": seconds,
+        "base_cache": base_cache,
         **(info or {}),
     }
     report = GateReport(verdict, reasons, improvements, slices, rows, roles, report_info, list(notes or []))
