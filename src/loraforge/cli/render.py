@@ -81,6 +81,8 @@ def report_gate(console: Console, report: Any, eval_dir: Path) -> None:
         console.print(f"[yellow]note[/]: {escape(note)}")
     for line in report.improvements:
         console.print(f"  {escape(line)}")
+    if report.info.get("base_cache") == "hit":
+        console.print("[dim]base answers reused from an earlier gate on the same base and cases (eval.cache_base)[/]")
     console.print(f"reports: {eval_dir}/report.{{json,md,html}}")
     if not report.passed:
         raise GateBlocked("eval gate blocked the adapter:\n" + "\n".join(f"  - {r}" for r in report.reasons))
