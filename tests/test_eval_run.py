@@ -179,10 +179,21 @@ def write_run(tmp_path: Path, tiny_base_dir: Path, golden_file: Path, wreck: boo
     return path
 
 
-def test_eval_exits_0_when_the_gate_passes(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
+def test_eval_exits_0_when_the_gate_passes(
+    tiny_base_dir: Path,
+    golden_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path / "home"))
     config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=False)
     assert main(["eval", str(config)]) == 0
     assert json.loads((tmp_path / "run" / "eval" / "report.json").read_text())["verdict"] == "pass"
+    assert "reused" not in capsys.readouterr().out
+    assert main(["eval", str(config)]) == 0  # the same base and cases again: the base is not re-scored
+    assert "base answers reused" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "eval" / "report.json").read_text())["base_cache"] == "hit"
 
 
 def test_eval_exits_3_when_the_gate_blocks(
