@@ -129,7 +129,9 @@ def test_base_answers_come_from_the_disabled_adapter_not_a_copy(
     base = load_base(str(tiny_base_dir))
     model = wrecking_adapter(base)
     was_training = model.training
-    report = run_gate(base, model, records(golden_file), SPEC, tmp_path)
+    uncached = SPEC.model_copy(update={"cache_base": False})  # score the base now, through the disabled adapter
+    report = run_gate(base, model, records(golden_file), uncached, tmp_path)
+    assert report.info["base_cache"] == "off"
     assert report.slices["tickets"].rate("base") == 1.0
     assert model.active_adapter == "default" and model.training == was_training
 
