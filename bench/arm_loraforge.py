@@ -1,7 +1,8 @@
-"""C: loraforge's own loop, `loraforge.train.train`, on its real path: bf16 frozen base (precision
-auto on this CPU), fp32 adapters, packed rows, loss and output head only at loss positions.
+"""C: loraforge's own loop, `loraforge.train.train`, on its real path: frozen base in the dtype
+precision auto picks for the device (bf16 on a GPU or an avx512_bf16 CPU, else fp32), fp32 adapters,
+packed rows, fused LoRA layers, loss and output head only at loss positions.
 
-Each optimizer step's ROWS_PER_STEP rows are packed (first-fit) into rows of at most --pack-len
+Each optimizer step's --rows-per-step rows are packed (first-fit) into rows of at most --pack-len
 tokens and collated into one micro-batch, so every arm sees the same rows per step in the same
 order; only BatchPlan's row grouping is replaced, the loop is the one `loraforge train` runs.
 """
@@ -13,15 +14,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from common import (
     LORA,
     LR,
-    ROWS_PER_STEP,
     SEED,
     WARMUP_RATIO,
     arm_parser,
     bench_rows,
-    peak_rss_bytes,
+    build_model,
+    load_bench_tokenizer,
+    peak_memory_bytes,
     result_line,
     set_threads,
     tokenize,
@@ -30,7 +33,7 @@ from common import (
 from loraforge.config import LoraSpec, TrainSpec
 from loraforge.data import collate_packed, pack_examples
 from loraforge.data.types import PackedSequence, TokenizedExample
-from loraforge.models import attach_lora, load_base
+from loraforge.models import attach_lora
 from loraforge.train import BatchPlan, read_metrics, resolve_base_dtype, train
 from loraforge.train.batches import Batch, to_tensors
 
@@ -60,17 +63,19 @@ def main() -> None:
     args = parser.parse_args()
     set_threads()
     total_steps = args.steps + args.warmup_steps
-    base = load_base(args.model_dir, dtype=resolve_base_dtype(args.precision))
-    rows = bench_rows()
+    n = args.rows_per_step
+    tokenizer = load_bench_tokenizer(args)
     examples = []
-    for i, row in enumerate(rows[: (total_steps + 1) * ROWS_PER_STEP]):
-        ids, labels = tokenize(base.tokenizer, row)
+    for i, row in enumerate(bench_rows()[: (total_steps + 1) * n]):
+        ids, labels = tokenize(tokenizer, row)
         examples.append(TokenizedExample(tuple(ids), tuple(labels), line=i + 1))
-    groups = step_groups(examples, total_steps + 1, ROWS_PER_STEP, args.pack_len)
-    pad_id = int(base.tokenizer.pad_token_id or 0)
+    groups = step_groups(examples, total_steps + 1, n, args.pack_len)
+    pad_id = int(tokenizer.pad_token_id or 0)
     plan = StepGroups(groups[:total_steps], groups[total_steps:], partial(collate_packed, pad_token_id=pad_id),
                       micro_batch_size=1, seed=SEED)  # fmt: skip
-    model = attach_lora(base.model, LoraSpec(r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"]))
+    base = build_model(args.model, resolve_base_dtype(args.precision, args.device), args.device)
+    torch.manual_seed(SEED)
+    model = attach_lora(base, LoraSpec(r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"]))
     spec = TrainSpec(epochs=1, lr=LR, scheduler="cosine", warmup_ratio=WARMUP_RATIO, weight_decay=0.0,
                      micro_batch_size=1, grad_accum=1, max_grad_norm=1.0, seed=SEED, eval_every=100.0)  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
@@ -81,9 +86,9 @@ def main() -> None:
     slots = [g["input_ids"].numel() for g in map(plan.train_batch, range(total_steps))]
     elapsed = [sum(slots[: r["step"]]) / r["tokens_per_s"] for r in records]
     seconds = elapsed[-1] - elapsed[args.warmup_steps - 1] if args.warmup_steps else elapsed[-1]
-    real = sum(len(ex.input_ids) for ex in examples[args.warmup_steps * ROWS_PER_STEP : total_steps * ROWS_PER_STEP])
+    real = sum(len(ex.input_ids) for ex in examples[args.warmup_steps * n : total_steps * n])
     result_line({"arm": "C", "tokens": real, "seconds": seconds, "tokens_per_s": real / seconds,
-                 "peak_rss": peak_rss_bytes(), "losses": [r["loss"] for r in records]})  # fmt: skip
+                 "peak_mem": peak_memory_bytes(args.device), "losses": [r["loss"] for r in records]})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,25 +10,28 @@ from common import (
     SEED,
     arm_parser,
     bench_rows,
-    peak_rss_bytes,
+    build_model,
+    load_bench_tokenizer,
+    peak_memory_bytes,
     peft_lora_config,
     result_line,
     set_threads,
     step_rows,
+    sync,
     tokenize,
     warmup_steps,
 )
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 
 def main() -> None:
     parser = arm_parser()
     args = parser.parse_args()
     set_threads()
+    tokenizer = load_bench_tokenizer(args)
+    model = build_model(args.model, torch.float32, args.device)
     torch.manual_seed(SEED)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     model = get_peft_model(model, peft_lora_config())
     model.train()
     total_steps = args.steps + args.warmup_steps
@@ -38,11 +41,12 @@ def main() -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tokens, seconds, losses = 0, 0.0, []
     for step in range(total_steps):
-        batch = [tokenize(tokenizer, r) for r in rows[step_rows(step)]]
+        batch = [tokenize(tokenizer, r) for r in rows[step_rows(step, args.rows_per_step)]]
         width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=args.device)
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=args.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=args.device)
+        sync(args.device)
         start = time.perf_counter()
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -50,13 +54,13 @@ def main() -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # waits for the GPU: the step is over
         elapsed = time.perf_counter() - start
-        losses.append(loss.item())
         if step >= args.warmup_steps:
             tokens += int(mask.sum())
             seconds += elapsed
     result_line({"arm": "B0", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                 "peak_rss": peak_rss_bytes(), "losses": losses})  # fmt: skip
+                 "peak_mem": peak_memory_bytes(args.device), "losses": losses})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Shared pieces of the training-speed benchmark: data, tokenization, measurements, FLOPs.
 
-Every arm trains SmolLM2-135M-Instruct with the same LoRA (r16, alpha 32, dropout 0.05,
-all-linear), AdamW lr 2e-4 (weight decay 0) with cosine decay after 1 warmup step, the same
-ROWS_PER_STEP chat rows per optimizer step in the same order (rows[step*8:(step+1)*8]), and the
-same seed. Only the training machinery differs.
+Every arm trains the same model (SmolLM2-135M-Instruct's weights, or a random-weight shape from
+SHAPES) with the same LoRA (r16, alpha 32, dropout 0.05, all-linear), AdamW lr 2e-4 (weight decay 0)
+with cosine decay after ceil(3%) warmup steps, the same --rows-per-step chat rows per optimizer step
+in the same order (rows[step*n:(step+1)*n]), and the same seed. Only the training machinery differs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SEED = 0
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 LR = 2e-4
 WARMUP_RATIO = 0.03
-ROWS_PER_STEP = 8
+ROWS_PER_STEP = 8  # CPU default; a GPU run takes more (--rows-per-step) so a step is not launch-bound
 N_ROWS = 1200
 # Per-turn word caps: the lognormal tail is kept but bounded, so a padded 8-row batch stays under
 # ~8x320 tokens (uncapped 8x500-token batches took 15 GB RSS in the fp32 PEFT arm and crawled).
@@ -74,8 +74,62 @@ def tokenize(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[int]]
     return ids, labels
 
 
-def step_rows(step: int) -> slice:
-    return slice(step * ROWS_PER_STEP, (step + 1) * ROWS_PER_STEP)
+def step_rows(step: int, rows_per_step: int = ROWS_PER_STEP) -> slice:
+    return slice(step * rows_per_step, (step + 1) * rows_per_step)
+
+
+# Shapes for random-weight runs: speed does not depend on the weights' values, and no weights need
+# to travel to (or be downloaded on) a GPU machine. Every shape uses SmolLM2's tokenizer; ids stay
+# below its 49,152 even where the shape's vocabulary (and so its output head) is Llama-3's 128,256.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 49152, "tie_word_embeddings": True},
+    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                     "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True, "rope_theta": 1e5},
+    "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                 "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True, "rope_theta": 5e5},
+    "llama-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                 "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False, "rope_theta": 5e5},
+}  # fmt: skip
+RANDOM = "random:"
+
+
+def model_config(model: str) -> Any:
+    """The config of --model: a model directory, or random:SHAPE (a Llama of that shape)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if model.startswith(RANDOM):
+        shape = SHAPES[model.removeprefix(RANDOM)]
+        return LlamaConfig(**shape, max_position_embeddings=8192, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    return AutoConfig.from_pretrained(model)
+
+
+def build_model(model: str, dtype: Any, device: str) -> Any:
+    """--model on `device` in `dtype`, sdpa attention. Random shapes are drawn in fp32 from SEED on the
+    device itself (an 8B model is never built on the CPU), then cast, so every arm gets the same weights.
+    The GPU's peak-memory counter restarts once the model is in place."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if model.startswith(RANDOM):
+        torch.manual_seed(SEED)
+        with torch.device(device):
+            built = AutoModelForCausalLM.from_config(model_config(model), dtype=torch.float32,
+                                                     attn_implementation="sdpa")  # fmt: skip
+        built = built.to(device=device, dtype=dtype)  # a no-op move when the device context held
+    else:
+        built = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation="sdpa").to(device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return built
+
+
+def load_bench_tokenizer(args: argparse.Namespace) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(args.tokenizer or args.model)
 
 
 def warmup_steps(total_steps: int) -> int:
@@ -92,6 +146,15 @@ def length_stats(lengths: list[int]) -> dict[str, float]:
     return {"mean": sum(ordered) / len(ordered), "p50": pct(50), "p90": pct(90), "p99": pct(99), "max": ordered[-1]}
 
 
+def peak_memory_bytes(device: str) -> int:
+    """The peak the issue asks for: max_memory_allocated on a GPU, VmHWM (peak RSS) on the CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return peak_rss_bytes()
+
+
 def peak_rss_bytes() -> int:
     """VmHWM: the process's peak resident set size."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -100,22 +163,31 @@ def peak_rss_bytes() -> int:
     return 0
 
 
-def gemm_peak_flops(size: int = 2048, seconds: float = 3.0) -> tuple[float, str]:
+def gemm_peak_flops(device: str = "cpu", seconds: float = 3.0) -> tuple[float, str]:
     """The machine's fastest measured GEMM throughput (FLOP/s) over bf16 and fp32, with the threads
     torch uses, and which dtype gave it. On CPUs without avx512_bf16/AMX bf16 GEMMs are emulated
-    and fp32 is the real peak; MFU against a slow emulated peak would read over 100%."""
+    and fp32 is the real peak; MFU against a slow emulated peak would read over 100%. On a GPU:
+    bf16 8192^3 products (fp32 is far slower there)."""
     import torch
 
+    cuda = device.startswith("cuda")
+    size = 8192 if cuda else 2048
+    dtypes = ((torch.bfloat16, "bf16"),) if cuda else ((torch.bfloat16, "bf16"), (torch.float32, "fp32"))
     best = (0.0, "fp32")
-    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        a = torch.randn(size, size, dtype=dtype)
-        b = torch.randn(size, size, dtype=dtype)
-        for _ in range(2):
+    for dtype, name in dtypes:
+        a = torch.randn(size, size, dtype=dtype, device=device)
+        b = torch.randn(size, size, dtype=dtype, device=device)
+        for _ in range(3):
             a @ b
+        if cuda:
+            torch.cuda.synchronize()
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            a @ b
-            n += 1
+            for _ in range(10 if cuda else 1):
+                a @ b
+                n += 1
+            if cuda:
+                torch.cuda.synchronize()
         best = max(best, (2 * size**3 * n / (time.perf_counter() - start), name))
     return best
 
@@ -136,6 +208,14 @@ def flops_per_token(config: Any, r: int, mean_context: float) -> float:
     return 4 * n_matmul + 6 * adapter + 3 * attention_fwd
 
 
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a wall-clock timer measures work done (no-op on the CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def result_line(payload: dict[str, Any]) -> None:
     """Arms print one JSON line prefixed so the orchestrator can find it among library logs."""
     print("BENCH_RESULT " + json.dumps(payload), flush=True)
@@ -153,7 +233,10 @@ def set_threads() -> int:
 def arm_parser() -> argparse.ArgumentParser:
     """The flags every arm takes; an arm adds its own after."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--model", required=True, help="a model directory, or random:SHAPE (see SHAPES)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rows-per-step", type=int, default=ROWS_PER_STEP)
     parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first")
     return parser

@@ -1,9 +1,14 @@
 """`make bench`: the training-speed benchmark on this machine, printed as a markdown table.
 
-One process per arm (B0 plain PEFT fp32 padded, B1 TRL SFTTrainer defaults, C loraforge), arms
-interleaved and the order rotated each round, repeated --repeats times; median and range of real
-(non-pad) tokens/s and peak RSS, ratios of medians, and MFU against the fastest GEMM peak (bf16 or fp32)
-measured at the start of this run. See docs/PERFORMANCE.md ("Training speed") for what each arm does.
+One process per arm, arms interleaved and the order rotated each round, repeated --repeats times;
+median and range of real (non-pad) tokens/s and peak memory (RSS on the CPU, max_memory_allocated
+on a GPU), ratios of medians, and MFU against the fastest GEMM peak measured at the start of this run.
+Arms: B0 plain PEFT fp32 padded, B1 TRL SFTTrainer defaults, B2 TRL padding-free + Liger (GPU),
+C loraforge. See docs/PERFORMANCE.md ("Training speed") for what each arm does.
+
+    python bench/run.py                                   # CPU: SmolLM2-135M-Instruct's weights, B0,B1,C
+    python bench/run.py --device cuda --tokenizer DIR \
+        --models random:llama-8b@3,random:llama-1b@2      # GPU: random-weight shapes, B1,B2,C
 """
 
 from __future__ import annotations
@@ -17,38 +22,51 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from common import (
     LORA,
+    RANDOM,
     ROWS_PER_STEP,
     bench_rows,
     flops_per_token,
     gemm_peak_flops,
     length_stats,
+    model_config,
     set_threads,
     step_rows,
     tokenize,
 )
 
 HERE = Path(__file__).resolve().parent
-ARMS = {"B0": "arm_peft.py", "B1": "arm_trl.py", "C": "arm_loraforge.py"}
+ARMS = {"B0": ["arm_peft.py"], "B1": ["arm_trl.py"], "B2": ["arm_trl.py", "--fast"], "C": ["arm_loraforge.py"]}
 BASE = "smollm2-135m-instruct"
 
 
-def run_arm(arm: str, model_dir: Path, steps: int, warmup: int, timeout_s: int) -> dict[str, Any] | None:
-    command = [sys.executable, str(HERE / ARMS[arm]), "--model-dir", str(model_dir),
-               "--steps", str(steps), "--warmup-steps", str(warmup)]  # fmt: skip
+def run_arm(arm: str, model: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    command = [sys.executable, str(HERE / ARMS[arm][0]), *ARMS[arm][1:], "--model", model, "--device", args.device,
+               "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
+               "--rows-per-step", str(args.rows_per_step)]  # fmt: skip
+    if args.tokenizer:
+        command += ["--tokenizer", str(args.tokenizer)]
+    if arm == "C" and args.pack_len:
+        command += ["--pack-len", str(args.pack_len)]
+    if arm == "B2" and args.no_liger:
+        command.append("--no-liger")
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=HERE)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.arm_timeout_s, cwd=HERE)
+    except subprocess.TimeoutExpired:
+        print(f"arm {arm} on {model}: over {args.arm_timeout_s} s, stopped", file=sys.stderr)
+        return None
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             result: dict[str, Any] = json.loads(line.removeprefix("BENCH_RESULT "))
             result["wall_s"] = time.perf_counter() - started
             return result
-    print(f"arm {arm} failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
+    print(f"arm {arm} on {model} failed (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
     return None
 
 
@@ -56,8 +74,9 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def measured_lengths(tokenizer: Any, steps: int, warmup: int) -> list[int]:
-    rows = [r for s in range(warmup, warmup + steps) for r in bench_rows()[step_rows(s)]]
+def measured_lengths(tokenizer: Any, args: argparse.Namespace) -> list[int]:
+    steps = range(args.warmup_steps, args.warmup_steps + args.steps)
+    rows = [r for s in steps for r in bench_rows()[step_rows(s, args.rows_per_step)]]
     return [len(tokenize(tokenizer, r)[0]) for r in rows]
 
 
@@ -77,86 +96,145 @@ def summarise(results: dict[str, list[dict[str, Any]]], flops_token: float, peak
         if not runs:
             continue
         speeds = [r["tokens_per_s"] for r in runs]
-        rss = [r["peak_rss"] / 2**30 for r in runs]
+        memory = [r["peak_mem"] / 2**30 for r in runs]
         table.append({
-            "arm": arm, "tok_s": statistics.median(speeds), "tok_s_range": (min(speeds), max(speeds)),
-            "rss_gib": statistics.median(rss), "rss_range": (min(rss), max(rss)),
+            "arm": arm, "runs": len(runs),
+            "tok_s": statistics.median(speeds), "tok_s_range": (min(speeds), max(speeds)),
+            "mem_gib": statistics.median(memory), "mem_range": (min(memory), max(memory)),
             "mfu": flops_token * statistics.median(speeds) / peak, "first_loss": runs[0]["losses"][0],
         })  # fmt: skip
     return table
 
 
-def render(table: list[dict[str, Any]], header: dict[str, Any]) -> str:
+def render(table: list[dict[str, Any]], header: dict[str, Any], memory: str) -> str:
     by_arm = {row["arm"]: row for row in table}
     lines = [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| arm | real tok/s (median) | range | peak RSS GiB (median) | range | MFU | step-1 loss |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", f"| arm | runs | real tok/s (median) | range | {memory} GiB (median) | range | MFU | step-1 loss |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in table:
         lo, hi = row["tok_s_range"]
-        rlo, rhi = row["rss_range"]
-        lines.append(f"| {row['arm']} | {row['tok_s']:.0f} | {lo:.0f}-{hi:.0f} | {row['rss_gib']:.2f} | "
-                     f"{rlo:.2f}-{rhi:.2f} | {row['mfu']:.1%} | {row['first_loss']:.4f} |")  # fmt: skip
+        mlo, mhi = row["mem_range"]
+        lines.append(f"| {row['arm']} | {row['runs']} | {row['tok_s']:.0f} | {lo:.0f}-{hi:.0f} | {row['mem_gib']:.2f} "
+                     f"| {mlo:.2f}-{mhi:.2f} | {row['mfu']:.1%} | {row['first_loss']:.4f} |")  # fmt: skip
     lines.append("")
     if "C" in by_arm:
-        for other in ("B0", "B1"):
+        for other in ("B0", "B1", "B2"):
             if other in by_arm:
                 speed = by_arm["C"]["tok_s"] / by_arm[other]["tok_s"]
-                memory = by_arm["C"]["rss_gib"] / by_arm[other]["rss_gib"]
-                lines.append(f"- C/{other}: {speed:.2f}x real tokens/s, {memory:.2f}x peak RSS")
+                ratio = by_arm["C"]["mem_gib"] / by_arm[other]["mem_gib"]
+                lines.append(f"- C/{other}: {speed:.2f}x real tokens/s, {ratio:.2f}x {memory}")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps per arm run")
-    parser.add_argument("--warmup-steps", type=int, default=1)
-    parser.add_argument("--arms", default="B0,B1,C")
-    parser.add_argument("--arm-timeout-s", type=int, default=600)
-    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
-    args = parser.parse_args()
-    from transformers import AutoConfig
+def machine(device: str, threads: int) -> str:
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads"
+    if device.startswith("cuda"):
+        import torch
 
-    from loraforge.files import write_text_atomic
-    from loraforge.models import load_tokenizer
-    from loraforge.models.base import resolve_base
+        return f"{torch.cuda.get_device_name()} (CPU: {cpu})"
+    return cpu
+
+
+def versions() -> str:
+    names = ("torch", "transformers", "peft", "trl", "accelerate", "liger_kernel", "loraforge")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def parse_models(text: str | None, repeats: int) -> list[tuple[str, int]]:
+    """Models and repeats from "a@3,b" -> [(a, 3), (b, repeats)]; none given: SmolLM2-135M-Instruct's weights."""
+    if not text:
+        from loraforge.models.base import resolve_base
+
+        return [(str(resolve_base(BASE)), repeats)]
+    models = []
+    for item in text.split(","):
+        name, _, count = item.partition("@")
+        models.append((name, int(count) if count else repeats))
+    return models
+
+
+def bench_model(model: str, repeats: int, arms: list[str], args: argparse.Namespace,
+                peak: tuple[float, str], threads: int, out: Path | None) -> str:  # fmt: skip
+    from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    threads = set_threads()
-    model_dir = resolve_base(BASE)
     load_before = load_average()
-    peak, peak_dtype = gemm_peak_flops()
-    lengths = measured_lengths(load_tokenizer(BASE), args.steps, args.warmup_steps)
+    lengths = measured_lengths(AutoTokenizer.from_pretrained(str(args.tokenizer or model)), args)
     mean_context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)
-    flops_token = flops_per_token(AutoConfig.from_pretrained(model_dir), LORA["r"], mean_context)
-    arms = args.arms.split(",")
+    flops_token = flops_per_token(model_config(model), LORA["r"], mean_context)
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    for round_index in range(args.repeats):
+    for round_index in range(repeats):
         order = arms[round_index % len(arms) :] + arms[: round_index % len(arms)]
         for arm in order:
-            result = run_arm(arm, model_dir, args.steps, args.warmup_steps, args.arm_timeout_s)
+            result = run_arm(arm, model, args)
             if result is None:
                 continue
             results[arm].append(result)
-            print(f"round {round_index + 1} {arm}: {result['tokens_per_s']:.0f} tok/s, "
-                  f"{result['peak_rss'] / 2**30:.2f} GiB, load {load_average()}", flush=True)  # fmt: skip
+            if out is not None:
+                with (out.parent / (out.name + ".runs.jsonl")).open("a") as log:
+                    log.write(json.dumps({"model": model, **result}) + "\n")
+            print(f"{Path(model).name} round {round_index + 1} {arm}: {result['tokens_per_s']:.0f} tok/s, "
+                  f"{result['peak_mem'] / 2**30:.2f} GiB, {result['wall_s']:.0f} s, load {load_average()}",
+                  flush=True)  # fmt: skip
+    described = f"random weights, shape {model.removeprefix(RANDOM)}" if model.startswith(RANDOM) else Path(model).name
     header = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads",
-        "versions": ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "trl", "loraforge")),
-        "model": f"{BASE} ({model_dir.name}), LoRA r{LORA['r']} a{LORA['alpha']} all-linear",
-        "data": f"{args.warmup_steps}+{args.steps} steps x {ROWS_PER_STEP} rows; measured row tokens "
+        "machine": machine(args.device, threads),
+        "versions": versions(),
+        "model": f"{described}, LoRA r{LORA['r']} a{LORA['alpha']} all-linear",
+        "data": f"{args.warmup_steps}+{args.steps} steps x {args.rows_per_step} rows; measured row tokens "
         + json.dumps({k: round(v) for k, v in length_stats(lengths).items()}),
-        "GEMM peak": f"{peak / 1e9:.0f} GFLOP/s {peak_dtype} (2048^3, the faster of bf16 and fp32, measured at start)",
-        "cpu flags": cpu_flags(),
+        "GEMM peak": f"{peak[0] / 1e9:.0f} GFLOP/s {peak[1]} (measured at the start of this run)",
         "FLOPs per real token": f"{flops_token / 1e9:.2f} GFLOP",
         "load average": f"{load_before} at start, {load_average()} at end",
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
-    text = render(summarise(results, flops_token, peak), header)
-    print(text)
+    if not args.device.startswith("cuda"):
+        header["cpu flags"] = cpu_flags()
+    memory = "peak GPU memory" if args.device.startswith("cuda") else "peak RSS"
+    return render(summarise(results, flops_token, peak[0]), header, memory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", help="comma list of model dirs or random:SHAPE, each NAME[@REPEATS] "
+                        "(default: SmolLM2-135M-Instruct's real weights)")  # fmt: skip
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer dir for random: models (default: SmolLM2's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps per arm run")
+    parser.add_argument("--warmup-steps", type=int, default=1)
+    parser.add_argument("--rows-per-step", type=int, default=ROWS_PER_STEP)
+    parser.add_argument("--pack-len", type=int, help="C's packed row length (default: the arm's 512)")
+    parser.add_argument("--arms", help="default: B0,B1,C on the CPU, B1,B2,C on a GPU")
+    parser.add_argument("--no-liger", action="store_true", help="B2 without Liger (a CPU smoke run)")
+    parser.add_argument("--arm-timeout-s", type=int, default=600)
+    parser.add_argument("--out", type=Path, help="also write the tables (markdown) here, each run to OUT.runs.jsonl")
+    args = parser.parse_args()
+    from loraforge.files import write_text_atomic
+
+    threads = set_threads()
     if args.out:
-        write_text_atomic(args.out, text + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.tokenizer is None and args.models and RANDOM in args.models:
+        from loraforge.models.base import resolve_base
+
+        args.tokenizer = resolve_base(BASE)
+    arms = (args.arms or ("B1,B2,C" if args.device.startswith("cuda") else "B0,B1,C")).split(",")
+    peak = gemm_peak_flops(args.device)
+    print(f"GEMM peak: {peak[0] / 1e9:.0f} GFLOP/s {peak[1]}", flush=True)
+    tables = []
+    for model, repeats in parse_models(args.models, args.repeats):
+        tables.append(bench_model(model, repeats, arms, args, peak, threads, args.out))
+        print(tables[-1], flush=True)
+        if args.out:
+            write_text_atomic(args.out, "\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":
