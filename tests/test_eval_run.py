@@ -265,6 +265,43 @@ def test_one_pass_scoring_and_generation_match_the_two_pass_path(tiny_base_dir: 
         assert nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)
 
 
+def test_a_shared_system_prompt_is_encoded_once_with_the_same_answers_and_losses(tiny_base_dir: Path) -> None:
+    """Prompts that open with the same system prompt share its KV cache (encoded once, repeated over
+    the batch); every row must still get the answer and reference loss it gets on its own."""
+    from loraforge.evaluate.scoring import _reference_nll, answer_and_score, generate_answers, prompt_ids
+    from loraforge.models.generate import shared_prefix_length
+
+    base = load_base(str(tiny_base_dir))
+    model = wrecking_adapter(base)
+    model.eval()
+    system = {"role": "system", "content": "Extract the ticket as JSON with order id, product, issue and urgency."}
+    references = ["ok", "a refund of the damaged desk", '{"order": 12}', "no", "hello there, how can I help", "x"]
+    cases = [
+        Case(f"c{i}", "s", f"t:{i}", (system, {"role": "user", "content": q * (1 + i % 3)}), ref, (), max_new_tokens=8)
+        for i, (q, ref) in enumerate(zip(QUESTIONS, references, strict=True))
+    ]
+    prompts = [prompt_ids(base.tokenizer, c) for c in cases]
+    assert shared_prefix_length(prompts) >= 16  # the shared path runs, not the plain one
+    assert len({len(p) for p in prompts}) > 1  # rows of different lengths: padding sits between prefix and rest
+    answers, scores = answer_and_score(model, base.tokenizer, cases, batch_size=6, desc="shared prefix")
+    expected_answers = generate_answers(model, base.tokenizer, cases, batch_size=1, desc="one by one")
+    expected_scores = _reference_nll(model, base.tokenizer, [encode_reference(base.tokenizer, c) for c in cases])
+    assert any(answers) and answers == expected_answers
+    for (nll, count), (want_nll, want_count) in zip(scores, expected_scores, strict=True):
+        assert count == want_count and count > 0
+        assert nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)
+
+
+def test_shared_prefix_length_leaves_each_prompt_a_token_and_ignores_short_overlaps() -> None:
+    from loraforge.models.generate import MIN_SHARED_PREFIX, shared_prefix_length
+
+    head = list(range(100, 100 + MIN_SHARED_PREFIX))
+    assert shared_prefix_length([head + [1, 2], head + [1, 3]]) == MIN_SHARED_PREFIX + 1
+    assert shared_prefix_length([head + [1], head + [1, 3]]) == MIN_SHARED_PREFIX  # the shorter keeps its last token
+    assert shared_prefix_length([head[:-1] + [1], head[:-1] + [2]]) == 0  # under the minimum: not worth a pass
+    assert shared_prefix_length([head + [1, 2]]) == 0  # a single prompt has nothing to share
+
+
 def test_the_base_is_scored_once_and_reused_while_nothing_it_depends_on_changes(
     tiny_base_dir: Path, golden_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,9 @@ from loraforge.evaluate.scoring import Case
 from loraforge.files import write_json_atomic
 from loraforge.models.base import loraforge_home
 
-CACHE_VERSION = 1  # bump when scoring changes what it returns for the same inputs
+# bump when scoring changes what it returns for the same inputs;
+# 2: batches in prompt-length order, a prefix shared by a batch's prompts encoded once
+CACHE_VERSION = 2
 Scored = tuple[list[str], list[tuple[float, int]]]  # answers, (summed reference NLL, token count) per case
 
 

@@ -106,6 +106,24 @@ def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> lis
     return sorted({int(i) for i in ids if i is not None})
 
 
+# A batch's prompts share a prefix (the system prompt, the template's header) at least this long
+# before it is encoded once and its KV cache repeated over the batch, rather than once per row.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one token of its own (generation
+    feeds the prompt's last token itself); 0 under MIN_SHARED_PREFIX or for a single prompt."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
 def score_then_generate(
     model: PeftModel | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -119,39 +137,56 @@ def score_then_generate(
     """One forward over prompt + reference gives the reference's token NLL and, cropped to the
     prompt, the KV cache greedy generation starts from: the prompt is encoded once, not twice.
 
-    Rows are laid out [left pad | prompt | continuation | right pad] so every prompt ends in the
-    same column; positions count real tokens only, as generate() computes them. Returns the
-    answers and, per row, (summed NLL of the labelled continuation tokens, their count).
+    The prefix all prompts share (`shared_prefix_length`: a system prompt, say) is encoded once and
+    its cache repeated over the rows. Rows are laid out [shared prefix | pad | rest of the prompt |
+    continuation | right pad] so every prompt ends in the same column; positions count real tokens
+    only, as generate() computes them, so each row sees what it would see alone. Returns the answers
+    and, per row, (summed NLL of the labelled continuation tokens, their count).
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width_p, width_c = max(len(p) for p in prompts), max(len(c) for c in continuations)
+    shared = shared_prefix_length(prompts)
+    prefix = list(prompts[0][:shared])
+    rests = [list(p[shared:]) for p in prompts]
+    width_r, width_c = max(len(r) for r in rests), max(len(c) for c in continuations)
     device = next(model.parameters()).device
     ids, mask, labels = [], [], []
-    for prompt, cont, cont_labels in zip(prompts, continuations, continuation_labels, strict=True):
-        left, right = width_p - len(prompt), width_c - len(cont)
-        ids.append([pad_id] * left + list(prompt) + list(cont) + [pad_id] * right)
-        mask.append([0] * left + [1] * (len(prompt) + len(cont)) + [0] * right)
-        labels.append([ignore_index] * (left + len(prompt)) + list(cont_labels) + [ignore_index] * right)
+    for rest, cont, cont_labels in zip(rests, continuations, continuation_labels, strict=True):
+        left, right = width_r - len(rest), width_c - len(cont)
+        ids.append(prefix + [pad_id] * left + rest + list(cont) + [pad_id] * right)
+        mask.append([1] * shared + [0] * left + [1] * (len(rest) + len(cont)) + [0] * right)
+        labels.append([ignore_index] * (shared + left + len(rest)) + list(cont_labels) + [ignore_index] * right)
     input_ids = torch.tensor(ids, device=device)
     attention_mask = torch.tensor(mask, device=device)
     label_ids = torch.tensor(labels, device=device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    decoder = causal_lm_of(model).get_decoder()
     with torch.no_grad():
-        out = causal_lm_of(model).get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
+        cache = None
+        if shared:
+            cache = decoder(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(rests))
+        out = decoder(
+            input_ids=input_ids[:, shared:],
+            attention_mask=attention_mask,
+            position_ids=position_ids[:, shared:],
+            past_key_values=cache,
+            use_cache=True,
         )
-        logits, targets, keep = head_at_labels(model, out.last_hidden_state, label_ids, ignore_index=ignore_index)
+        logits, targets, keep = head_at_labels(
+            model, out.last_hidden_state, label_ids[:, shared:], ignore_index=ignore_index
+        )
         scores = summed_nll_per_row(logits, targets, keep)
         cache = out.past_key_values
         # drop the continuation from the cache; generate() feeds the prompt's last token itself
-        cache.crop(-(cache.get_seq_length() - (width_p - 1)))
+        prompt_end = shared + width_r
+        cache.crop(-(cache.get_seq_length() - (prompt_end - 1)))
         generated = model.generate(  # type: ignore[operator]
-            input_ids=input_ids[:, :width_p],
-            attention_mask=attention_mask[:, :width_p],
+            input_ids=input_ids[:, :prompt_end],
+            attention_mask=attention_mask[:, :prompt_end],
             past_key_values=cache,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad_id,
         )
-    answers = tokenizer.batch_decode(generated[:, width_p:], skip_special_tokens=True)
+    answers = tokenizer.batch_decode(generated[:, prompt_end:], skip_special_tokens=True)
     return [a.strip() for a in answers], scores
