@@ -36,6 +36,10 @@ class TrainError(LoraforgeError):
     """Training cannot start or had to stop (NaN loss, no-op adapter, refused resume)."""
 
 
+class ResumeRefused(TrainError):
+    """A checkpoint's run differs from the one asked for (config, base or data changed)."""
+
+
 class EvalError(LoraforgeError):
     """The golden set or an eval input is unusable (changed hash, unknown check)."""
 

@@ -36,6 +36,9 @@ def demo(
 
 
 def _show(step: str, payload: Any) -> None:
+    if step == "note":
+        console.print(f"[yellow]{escape(payload)}[/]")
+        return
     steps: dict[str, tuple[str, Callable[[Any], None]]] = {
         "base": ("1. the embedded base", _base),
         "data": ("2. the data", _data),

@@ -7,6 +7,7 @@ The caller passes `show(step, payload)` to render each step as it finishes.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,14 @@ from transformers import PreTrainedTokenizerBase
 from loraforge.config import DEFAULT_BASE, Config, validate_config
 from loraforge.data import prepare_data
 from loraforge.data.types import PreparedData
-from loraforge.errors import ConfigError
+from loraforge.errors import ConfigError, ResumeRefused
 from loraforge.evaluate import GateReport
 from loraforge.files import write_text_atomic
 from loraforge.models import load_base, load_tokenizer
 from loraforge.models.base import fast_bf16_available, loraforge_home
 from loraforge.models.card import BaseCard, base_card
 from loraforge.pipeline.run import RunOutcome, train_and_gate
+from loraforge.train.checkpoint import complete_checkpoints
 
 DEFAULT_DATA_DIR = Path("examples/support_tickets")
 
@@ -108,13 +110,36 @@ def run_demo(config: Config, show: Show) -> DemoResult:
             "output": config.output,
         },
     )
-    outcome = train_and_gate(config)
+    outcome = train_again_or_afresh(config, show, lambda: step_prepare(config, tokenizer, card.context_length))
     show("train", outcome.train)
     if outcome.gate is not None:
         show("gate", {"report": outcome.gate, "eval_dir": config.output / "eval"})
         show("side_by_side", side_by_side(outcome.gate, n=3))
     show("paths", artifact_paths(config))
     return DemoResult(config, card, data, outcome)
+
+
+def train_again_or_afresh(config: Config, show: Show, prepare: Callable[[], PreparedData]) -> RunOutcome:
+    """Train and gate; a second `make demo` must work too. Where the output holds an earlier demo run
+    of the same config, base and data, that run is resumed (a finished one goes straight to the gate,
+    whose base answers are cached). Where any of them changed, the earlier run's files are moved to
+    OUTPUT.previous (replacing an older one) and training starts afresh; `prepare` then rewrites the
+    data report. OUTPUT/data (the --quick slices of the inputs, written for this run) stays."""
+    if not complete_checkpoints(config.output / "checkpoints"):
+        return train_and_gate(config)
+    show("note", f"{config.output} holds an earlier demo run: resuming it (a finished run goes straight to the gate)")
+    try:
+        return train_and_gate(config, resume=True)
+    except ResumeRefused:
+        previous = config.output.with_name(config.output.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir(parents=True)
+        for entry in config.output.iterdir():
+            if entry.name != "data":
+                entry.rename(previous / entry.name)
+        show("note", f"the earlier run's config, base or data differ: moved it to {previous}; training afresh")
+        prepare()
+        return train_and_gate(config)
 
 
 def step_prepare(config: Config, tokenizer: PreTrainedTokenizerBase, context_length: int) -> PreparedData:

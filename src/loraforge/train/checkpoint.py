@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from loraforge.errors import TrainError
+from loraforge.errors import ResumeRefused, TrainError
 from loraforge.files import atomic_dir
 
 STATE_NAME = "state.json"
@@ -134,7 +134,7 @@ def check_identity(path: Path, saved: dict[str, Any], current: dict[str, Any]) -
     ]
     if diffs:
         lines = "\n".join(f"  - {d}" for d in diffs)
-        raise TrainError(
+        raise ResumeRefused(
             f"{path}: cannot resume, the run changed since this checkpoint:\n{lines}\n"
             "restore the original settings, or start a fresh run in another output directory"
         )

@@ -1,0 +1,58 @@
+"""A second `loraforge demo` must work: the same run resumes, a changed one starts afresh.
+
+Runs `demo --quick` on the tiny base (seconds), three times in one output directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from loraforge.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def adapter_tensors(out: Path) -> dict[str, list[float]]:
+    weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    return {name: tensor.flatten()[:8].tolist() for name, tensor in weights.items()}
+
+
+def test_a_second_demo_resumes_and_a_changed_one_moves_the_earlier_run_aside(
+    tiny_base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "tickets"
+    shutil.copytree(REPO / "examples" / "support_tickets", data)
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--base", str(tiny_base_dir), "--output", str(out), "--data-dir", str(data)]
+
+    first = main(args)
+    assert "earlier demo run" not in capsys.readouterr().out
+    trained = adapter_tensors(out)
+    steps = len((out / "metrics.jsonl").read_text().splitlines())
+
+    again = main(args)  # the same config, base and data: resumed, and already finished
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert again == first and first in (0, 3)
+    assert "holds an earlier demo run: resuming it" in printed and "4. the eval gate" in printed
+    assert adapter_tensors(out) == trained
+    assert not (tmp_path / "demo.previous").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) <= steps + 2  # no training steps were added
+
+    train = data / "train.jsonl"
+    rows = train.read_text(encoding="utf-8").splitlines()
+    row = json.loads(rows[0])
+    row["messages"][1]["content"] += " Thanks again."
+    train.write_text("\n".join([json.dumps(row), *rows[1:]]) + "\n", encoding="utf-8")
+    changed = main(args)  # the data changed: the earlier run cannot be resumed
+    printed = " ".join(capsys.readouterr().out.split())
+    assert changed in (0, 3)
+    assert "moved it to" in printed
+    previous = tmp_path / "demo.previous"
+    assert (previous / "adapter" / "adapter_model.safetensors").is_file()
+    assert adapter_tensors(previous) == trained
+    for artifact in ("adapter/adapter_model.safetensors", "data_report.json", "config.yaml", "data/train.jsonl"):
+        assert (out / artifact).is_file(), artifact
