@@ -124,7 +124,9 @@ def train_again_or_afresh(config: Config, show: Show, prepare: Callable[[], Prep
     of the same config, base and data, that run is resumed (a finished one goes straight to the gate,
     whose base answers are cached). Where any of them changed, the earlier run's files are moved to
     OUTPUT.previous (replacing an older one) and training starts afresh; `prepare` then rewrites the
-    data report. OUTPUT/data (the --quick slices of the inputs, written for this run) stays."""
+    data report. OUTPUT/data (the --quick slices of the inputs, written for this run) stays. By then
+    this run has already rewritten config.yaml and data_report.json, so the earlier run's own config
+    and data hashes are the ones in OUTPUT.previous/adapter/loraforge.json (the adapter's manifest)."""
     if not complete_checkpoints(config.output / "checkpoints"):
         return train_and_gate(config)
     show("note", f"{config.output} holds an earlier demo run: resuming it (a finished run goes straight to the gate)")
