@@ -238,10 +238,25 @@ def test_unfrozen_golden_set_is_noted_not_refused(tmp_path: Path) -> None:
     assert len(notes) == 1 and "was not frozen" in notes[0]
 
 
+def assert_as_separate_passes(
+    model: Any, tokenizer: Any, cases: list[Case], answers: list[str], scores: list[tuple[float, int]], batch_size: int
+) -> None:
+    """The one-pass answers and reference losses equal separate greedy generation (in batches of
+    `batch_size`) and a separate reference forward."""
+    from loraforge.evaluate.scoring import _reference_nll, generate_answers
+
+    expected_answers = generate_answers(model, tokenizer, cases, batch_size=batch_size, desc="separately")
+    expected_scores = _reference_nll(model, tokenizer, [encode_reference(tokenizer, c) for c in cases])
+    assert any(answers) and answers == expected_answers
+    for (nll, count), (want_nll, want_count) in zip(scores, expected_scores, strict=True):
+        assert count == want_count and count > 0
+        assert nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)
+
+
 def test_one_pass_scoring_and_generation_match_the_two_pass_path(tiny_base_dir: Path) -> None:
     """answer_and_score reuses the reference forward's KV cache for generation: its answers and
     reference losses must equal separate greedy generation and a separate reference forward."""
-    from loraforge.evaluate.scoring import _reference_nll, answer_and_score, generate_answers, prompt_ids
+    from loraforge.evaluate.scoring import answer_and_score, prompt_ids
 
     base = load_base(str(tiny_base_dir))
     model = wrecking_adapter(base)  # non-empty, varied answers
@@ -257,18 +272,13 @@ def test_one_pass_scoring_and_generation_match_the_two_pass_path(tiny_base_dir: 
         prompt = prompt_ids(base.tokenizer, case)
         assert ids[: len(prompt)] == prompt and len(ids) > len(prompt)
     answers, scores = answer_and_score(model, base.tokenizer, cases, batch_size=4, desc="one pass")
-    expected_answers = generate_answers(model, base.tokenizer, cases, batch_size=4, desc="two pass")
-    expected_scores = _reference_nll(model, base.tokenizer, [encode_reference(base.tokenizer, c) for c in cases])
-    assert any(answers) and answers == expected_answers
-    for (nll, count), (want_nll, want_count) in zip(scores, expected_scores, strict=True):
-        assert count == want_count and count > 0
-        assert nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)
+    assert_as_separate_passes(model, base.tokenizer, cases, answers, scores, batch_size=4)
 
 
 def test_a_shared_system_prompt_is_encoded_once_with_the_same_answers_and_losses(tiny_base_dir: Path) -> None:
     """Prompts that open with the same system prompt share its KV cache (encoded once, repeated over
     the batch); every row must still get the answer and reference loss it gets on its own."""
-    from loraforge.evaluate.scoring import _reference_nll, answer_and_score, generate_answers, prompt_ids
+    from loraforge.evaluate.scoring import answer_and_score, prompt_ids
     from loraforge.models.generate import shared_prefix_length
 
     base = load_base(str(tiny_base_dir))
@@ -284,12 +294,7 @@ def test_a_shared_system_prompt_is_encoded_once_with_the_same_answers_and_losses
     assert shared_prefix_length(prompts) >= 16  # the shared path runs, not the plain one
     assert len({len(p) for p in prompts}) > 1  # rows of different lengths: padding sits between prefix and rest
     answers, scores = answer_and_score(model, base.tokenizer, cases, batch_size=6, desc="shared prefix")
-    expected_answers = generate_answers(model, base.tokenizer, cases, batch_size=1, desc="one by one")
-    expected_scores = _reference_nll(model, base.tokenizer, [encode_reference(base.tokenizer, c) for c in cases])
-    assert any(answers) and answers == expected_answers
-    for (nll, count), (want_nll, want_count) in zip(scores, expected_scores, strict=True):
-        assert count == want_count and count > 0
-        assert nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)
+    assert_as_separate_passes(model, base.tokenizer, cases, answers, scores, batch_size=1)
 
 
 def test_shared_prefix_length_leaves_each_prompt_a_token_and_ignores_short_overlaps() -> None:

@@ -129,7 +129,8 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers in case order; cases sharing max_new_tokens are batched together."""
     answers: dict[int, str] = {}
-    for budget, chunk in tqdm(_batches(cases, batch_size, tokenizer), desc=desc, unit="batch", disable=None):
+    lengths = [len(prompt_ids(tokenizer, case)) for case in cases]
+    for budget, chunk in tqdm(_batches(cases, batch_size, lengths), desc=desc, unit="batch", disable=None):
         conversations = [list(cases[i].prompt) for i in chunk]
         outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
         answers.update(zip(chunk, outs, strict=True))
@@ -147,9 +148,11 @@ def answer_and_score(
     """
     answers: dict[int, str] = {}
     scores: dict[int, tuple[float, int]] = {}
-    for budget, chunk in tqdm(_batches(cases, batch_size, tokenizer), desc=desc, unit="batch", disable=None):
+    all_prompts = [prompt_ids(tokenizer, case) for case in cases]  # encoded once: batching and scoring
+    batches = _batches(cases, batch_size, [len(p) for p in all_prompts])
+    for budget, chunk in tqdm(batches, desc=desc, unit="batch", disable=None):
         encoded = [encode_reference(tokenizer, cases[i]) for i in chunk]
-        prompts = [prompt_ids(tokenizer, cases[i]) for i in chunk]
+        prompts = [all_prompts[i] for i in chunk]
         if all(ids[: len(p)] == p and len(ids) > len(p) for (ids, _), p in zip(encoded, prompts, strict=True)):
             outs, nll = score_then_generate(
                 model,
@@ -169,12 +172,12 @@ def answer_and_score(
     return [answers[i] for i in range(len(cases))], [scores[i] for i in range(len(cases))]
 
 
-def _batches(cases: Sequence[Case], batch_size: int, tokenizer: PreTrainedTokenizerBase) -> list[tuple[int, list[int]]]:
+def _batches(cases: Sequence[Case], batch_size: int, lengths: Sequence[int]) -> list[tuple[int, list[int]]]:
     """(max_new_tokens, case indices) batches: cases sharing a generation budget go together, in
     order of prompt length, so a batch pads its prompts to a near length rather than the longest of
-    a random draw (docs/PERFORMANCE.md, "The gate": with the shared prefix, -19% on the demo)."""
+    a random draw (docs/PERFORMANCE.md, "The eval gate": with the shared prefix, -19% on the demo).
+    `lengths` holds each case's prompt length in tokens."""
     by_budget: dict[int, list[int]] = {}
-    lengths = [len(prompt_ids(tokenizer, case)) for case in cases]
     for index in sorted(range(len(cases)), key=lambda i: (lengths[i], i)):
         by_budget.setdefault(cases[index].max_new_tokens, []).append(index)
     return [
