@@ -166,13 +166,17 @@ def peak_rss_bytes() -> int:
 def gemm_peak_flops(device: str = "cpu", seconds: float = 3.0) -> tuple[float, str]:
     """The machine's fastest measured GEMM throughput (FLOP/s) over bf16 and fp32, with the threads
     torch uses, and which dtype gave it. On CPUs without avx512_bf16/AMX bf16 GEMMs are emulated
-    and fp32 is the real peak; MFU against a slow emulated peak would read over 100%. On a GPU:
-    bf16 8192^3 products (fp32 is far slower there)."""
+    and fp32 is the real peak (bf16 is not measured there; MFU against a slow emulated peak would read
+    over 100%). On a GPU: bf16 8192^3 products (fp32 is far slower there)."""
     import torch
 
     cuda = device.startswith("cuda")
     size = 8192 if cuda else 2048
-    dtypes = ((torch.bfloat16, "bf16"),) if cuda else ((torch.bfloat16, "bf16"), (torch.float32, "fp32"))
+    from loraforge.models.base import fast_bf16_available
+
+    # an emulated bf16 2048^3 product takes minutes on CPUs without avx512_bf16/AMX, and is never the peak
+    cpu_dtypes = ((torch.bfloat16, "bf16"),) if fast_bf16_available() else ()
+    dtypes = ((torch.bfloat16, "bf16"),) if cuda else (*cpu_dtypes, (torch.float32, "fp32"))
     best = (0.0, "fp32")
     for dtype, name in dtypes:
         a = torch.randn(size, size, dtype=dtype, device=device)

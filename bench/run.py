@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps per arm run")
     parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--rows-per-step", type=int, default=ROWS_PER_STEP)
-    parser.add_argument("--pack-len", type=int, help="C's packed row length (default: the arm's 512)")
+    parser.add_argument("--pack-len", type=int, help="C's packed row length (default: 256 on a CPU, 512 on a GPU)")
     parser.add_argument("--arms", help="default: B0,B1,C on the CPU, B1,B2,C on a GPU")
     parser.add_argument("--no-liger", action="store_true", help="B2 without Liger (a CPU smoke run)")
     parser.add_argument("--arm-timeout-s", type=int, default=600)

@@ -10,6 +10,7 @@ import torch
 from test_train_batches import tiny_plan
 
 from loraforge.config import LoraSpec, TrainSpec
+from loraforge.data.packing import collate_padded
 from loraforge.errors import TrainError
 from loraforge.models import attach_lora, load_base
 from loraforge.train import BatchPlan, TrainResult, evaluate_loss, train
@@ -99,6 +100,33 @@ def test_step_loss_weighs_every_token_equally(tiny_base_dir: Path, tmp_path: Pat
     assert result.train_losses[0][1] == pytest.approx(sum(sums) / sum(counts), rel=1e-5)
     mean_of_means = sum(s / c for s, c in zip(sums, counts, strict=True)) / 4
     assert result.train_losses[0][1] != pytest.approx(mean_of_means, rel=1e-3)
+
+
+class _OneRowMicroBatches(BatchPlan):
+    """Each step's micro-batches cut into one row each, padding dropped (what the benchmark's C arm does)."""
+
+    def step_batches(self, first: int, last: int) -> list[dict[str, torch.Tensor]]:
+        rows = []
+        for batch in super().step_batches(first, last):
+            for i in range(batch["input_ids"].shape[0]):
+                length = int(batch["attention_mask"][i].sum())
+                rows.append({k: v[i : i + 1, :length] for k, v in batch.items()})
+        return rows
+
+
+def test_one_row_micro_batches_change_memory_not_the_math(tiny_base_dir: Path, tmp_path: Path) -> None:
+    rows = tiny_plan(tiny_base_dir)
+    plain = BatchPlan(rows.train_rows, rows.eval_rows, collate_padded, micro_batch_size=4, seed=0)
+    split = _OneRowMicroBatches(rows.train_rows, rows.eval_rows, collate_padded, micro_batch_size=4, seed=0)
+    assert len(split.step_batches(0, 2)) == 8 and all(b["input_ids"].shape[0] == 1 for b in split.step_batches(0, 2))
+    spec = TrainSpec(**{**FAST, "max_steps": 4, "eval_every": 0.5})
+    whole_model, split_model = _model(tiny_base_dir), _model(tiny_base_dir)
+    whole = train(whole_model, plain, spec, tmp_path / "whole", identity={})
+    parts = train(split_model, split, spec, tmp_path / "split", identity={})
+    assert [loss for _, loss in parts.train_losses] == pytest.approx([loss for _, loss in whole.train_losses], rel=1e-5)
+    for (name, a), (_, b) in zip(whole_model.named_parameters(), split_model.named_parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_bf16_base_matches_fp32_loss(tiny_base_dir: Path, tmp_path: Path) -> None:

@@ -67,6 +67,11 @@ class BatchPlan:
         rows = [self.train_rows[i] for i in order[start : start + self.micro_batch_size]]
         return to_tensors(self.collate(rows))
 
+    def step_batches(self, first: int, last: int) -> list[Batch]:
+        """The micro-batches one optimizer step accumulates over: global positions first..last-1.
+        A plan that groups rows by step itself (the benchmark's fixed rows per step) overrides this."""
+        return [self.train_batch(i) for i in range(first, last)]
+
     def eval_batches(self) -> list[Batch]:
         """This process's share of the eval rows, in fixed order."""
         mine = list(self.eval_rows)[self.rank :: self.world_size]

@@ -214,7 +214,7 @@ def _optimizer_step(run: _Run, state: LoopState) -> tuple[float, float, int, flo
     accelerator, spec = run.accelerator, run.spec
     first = state.step * spec.grad_accum
     last = min(first + spec.grad_accum, run.plan.total_micro_batches)
-    micro = [run.batches.train_batch(i) for i in range(first, last)]
+    micro = run.batches.step_batches(first, last)
     counts = torch.tensor(
         [sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro), _n_anchored(micro)]
     )
