@@ -146,7 +146,7 @@ def test_final_eval_loss_matches_a_plain_peft_loop_within_half_a_percent(fifty_s
 def test_fused_dropout_gradients_match_autograd_with_the_same_mask(shared_input: bool) -> None:
     """Dropout keeps a bool mask and the layer input, and rebuilds the dropped input in backward:
     the gradients must be autograd's for x * mask / (1 - p) with the mask forward drew."""
-    from loraforge.train.fused_lora import _LoraLinearFn
+    from loraforge.train.fused_lora import _LoraLinearFn, keep_mask
 
     p, scaling = 0.25, 2.0
     gen = torch.Generator().manual_seed(0)
@@ -170,8 +170,8 @@ def test_fused_dropout_gradients_match_autograd_with_the_same_mask(shared_input:
     rx, ra, rb = refs
 
     def reference_layer() -> torch.Tensor:
-        keep = torch.rand(15, 16, dtype=torch.float32) >= p  # the draw the Function makes, in its order
-        dropped = rx * keep.reshape(3, 5, 16).to(rx.dtype) / (1 - p)
+        keep, keep_probability = keep_mask((15, 16), p, x.device)  # the draw the Function makes, in its order
+        dropped = rx * keep.reshape(3, 5, 16).to(rx.dtype) / keep_probability
         return torch.nn.functional.linear(rx, weight, bias) + dropped @ ra.t() @ rb.t() * scaling
 
     expected = reference_layer() + (reference_layer() if shared_input else 0)
@@ -180,3 +180,28 @@ def test_fused_dropout_gradients_match_autograd_with_the_same_mask(shared_input:
     for got, want in zip(fused, (rx.grad, ra.grad, rb.grad), strict=True):
         assert want is not None and float(want.norm()) > 0
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.3])
+def test_dropout_masks_drop_at_rate_p_independently_and_stay_unbiased(p: float) -> None:
+    """The CPU mask draws four 16-bit lanes per 64-bit random word: each element must still be an
+    independent Bernoulli(1 - p) draw, and x * keep / keep_probability must average x."""
+    from loraforge.train.fused_lora import LANE_LEVELS, keep_mask
+
+    torch.manual_seed(0)
+    keep, keep_probability = keep_mask((2000, 1000), p, torch.device("cpu"))
+    assert keep.dtype == torch.bool and keep.shape == (2000, 1000)
+    assert abs(keep_probability - (1 - p)) <= 0.5 / LANE_LEVELS
+    n, dropped = keep.numel(), (~keep).float()
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(float(dropped.mean()) - (1 - keep_probability)) < 5 * sigma
+    flat = dropped.flatten()
+    for lag in (1, 2, 3, 4, 1000):  # lanes of one word, neighbouring words, the next row
+        both = float((flat[:-lag] * flat[lag:]).mean())
+        assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / n) ** 0.5, f"lag {lag}: {both} vs {p * p}"
+    rows = dropped.mean(dim=1)  # no row (a token's features) drops far more than another
+    assert float(rows.std()) < 1.5 * (p * (1 - p) / 1000) ** 0.5
+    x = torch.randn(2000, 1000)
+    bias = float((x * keep / keep_probability).mean() - x.mean())
+    assert abs(bias) < 5 * (p / ((1 - p) * n)) ** 0.5  # x has unit variance
+    assert keep_mask((7,), 0.5, torch.device("cpu"))[0].shape == (7,)  # a count not divisible by four
