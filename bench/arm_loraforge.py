@@ -12,6 +12,7 @@ BatchPlan's row grouping is replaced; the loop is the one `loraforge train` runs
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from loraforge.train import BatchPlan, read_metrics, resolve_base_dtype, train
 from loraforge.train.batches import Batch, to_tensors
 
 
+@dataclass
 class StepGroups(BatchPlan):
     """Each optimizer step gets the packed rows of that step's examples, in order: all of them in one
     micro-batch, or (split) each packed row as its own micro-batch, as `train.micro_batch_size: 1`
@@ -89,9 +91,9 @@ def main() -> None:
         examples.append(TokenizedExample(tuple(ids), tuple(labels), line=i + 1))
     groups = step_groups(examples, total_steps + 1, n, pack_len)
     pad_id = int(tokenizer.pad_token_id or 0)
+    split = (args.micro_batches or ("row" if on_cpu else "step")) == "row"
     plan = StepGroups(groups[:total_steps], groups[total_steps:], partial(collate_packed, pad_token_id=pad_id),
-                      micro_batch_size=1, seed=SEED)  # fmt: skip
-    plan.split = (args.micro_batches or ("row" if on_cpu else "step")) == "row"
+                      micro_batch_size=1, seed=SEED, split=split)  # fmt: skip
     base = build_model(args.model, resolve_base_dtype(args.precision, args.device), args.device)
     torch.manual_seed(SEED)
     model = attach_lora(base, LoraSpec(r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"]))

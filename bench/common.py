@@ -170,10 +170,10 @@ def gemm_peak_flops(device: str = "cpu", seconds: float = 3.0) -> tuple[float, s
     over 100%). On a GPU: bf16 8192^3 products (fp32 is far slower there)."""
     import torch
 
-    cuda = device.startswith("cuda")
-    size = 8192 if cuda else 2048
     from loraforge.models.base import fast_bf16_available
 
+    cuda = device.startswith("cuda")
+    size = 8192 if cuda else 2048
     # an emulated bf16 2048^3 product takes minutes on CPUs without avx512_bf16/AMX, and is never the peak
     cpu_dtypes = ((torch.bfloat16, "bf16"),) if fast_bf16_available() else ()
     dtypes = ((torch.bfloat16, "bf16"),) if cuda else (*cpu_dtypes, (torch.float32, "fp32"))
