@@ -108,7 +108,7 @@ def main() -> None:
     elapsed = [sum(slots[: r["step"]]) / r["tokens_per_s"] for r in records]
     seconds = elapsed[-1] - elapsed[args.warmup_steps - 1] if args.warmup_steps else elapsed[-1]
     real = sum(len(ex.input_ids) for ex in examples[args.warmup_steps * n : total_steps * n])
-    result_line({"arm": "C", "tokens": real, "seconds": seconds, "tokens_per_s": real / seconds,
+    result_line({"arm": "C", "tokens": real, "seconds": seconds, "tokens_per_s": real / seconds, "steps": args.steps,
                  "peak_mem": peak_memory_bytes(args.device), "losses": [r["loss"] for r in records]})  # fmt: skip
 
 

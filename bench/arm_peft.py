@@ -8,6 +8,8 @@ import torch
 from common import (
     LR,
     SEED,
+    StepClock,
+    add_max_seconds,
     arm_parser,
     bench_rows,
     build_model,
@@ -27,6 +29,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 def main() -> None:
     parser = arm_parser()
+    add_max_seconds(parser)
     args = parser.parse_args()
     set_threads()
     tokenizer = load_bench_tokenizer(args)
@@ -39,7 +42,7 @@ def main() -> None:
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps(total_steps), total_steps)
     rows = bench_rows()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tokens, seconds, losses = 0, 0.0, []
+    clock, losses = StepClock(args.warmup_steps, args.max_seconds), []
     for step in range(total_steps):
         batch = [tokenize(tokenizer, r) for r in rows[step_rows(step, args.rows_per_step)]]
         width = max(len(ids) for ids, _ in batch)
@@ -55,12 +58,11 @@ def main() -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())  # waits for the GPU: the step is over
-        elapsed = time.perf_counter() - start
-        if step >= args.warmup_steps:
-            tokens += int(mask.sum())
-            seconds += elapsed
-    result_line({"arm": "B0", "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                 "peak_mem": peak_memory_bytes(args.device), "losses": losses})  # fmt: skip
+        if clock.record(step, time.perf_counter() - start):
+            break
+    tokens = clock.real_tokens(tokenizer, rows, args.rows_per_step)
+    result_line({"arm": "B0", "tokens": tokens, "seconds": clock.seconds, "tokens_per_s": tokens / clock.seconds,
+                 "steps": len(clock.timed), "peak_mem": peak_memory_bytes(args.device), "losses": losses})  # fmt: skip
 
 
 if __name__ == "__main__":

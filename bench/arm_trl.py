@@ -18,6 +18,8 @@ import torch
 from common import (
     LR,
     SEED,
+    StepClock,
+    add_max_seconds,
     arm_parser,
     bench_rows,
     build_model,
@@ -26,9 +28,7 @@ from common import (
     peft_lora_config,
     result_line,
     set_threads,
-    step_rows,
     sync,
-    tokenize,
     warmup_steps,
 )
 from datasets import Dataset
@@ -37,11 +37,11 @@ from trl import SFTConfig, SFTTrainer
 
 
 class StepTimer(TrainerCallback):
-    """Seconds of the optimizer steps after the warmup ones (the GPU drained at both ends), and the
-    logged losses."""
+    """Times each optimizer step (the GPU drained at both ends) into a StepClock, stops training when
+    the clock says so, and keeps the logged losses."""
 
-    def __init__(self, warmup_steps: int, device: str) -> None:
-        self.warmup_steps, self.device, self.started, self.seconds = warmup_steps, device, 0.0, 0.0
+    def __init__(self, clock: StepClock, device: str) -> None:
+        self.clock, self.device, self.started = clock, device, 0.0
         self.losses: list[float] = []
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -50,8 +50,8 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         sync(self.device)
-        if state.global_step > self.warmup_steps:
-            self.seconds += time.perf_counter() - self.started
+        if self.clock.record(state.global_step - 1, time.perf_counter() - self.started):
+            control.should_training_stop = True
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs and "loss" in logs:
@@ -62,6 +62,7 @@ def main() -> None:
     parser = arm_parser()
     parser.add_argument("--fast", action="store_true", help="B2: bf16 model, padding_free, Liger kernels")
     parser.add_argument("--no-liger", action="store_true", help="with --fast: leave Liger out (CPU smoke runs)")
+    add_max_seconds(parser)
     args = parser.parse_args()
     set_threads()
     total_steps = args.steps + args.warmup_steps
@@ -70,7 +71,7 @@ def main() -> None:
     dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     tokenizer = load_bench_tokenizer(args)
     model = build_model(args.model, torch.bfloat16 if args.fast else torch.float32, args.device)
-    timer = StepTimer(args.warmup_steps, args.device)
+    timer = StepTimer(StepClock(args.warmup_steps, args.max_seconds), args.device)
     fast: dict[str, Any] = {}
     if args.fast:
         fast = {"padding_free": True, "max_length": None, "use_liger_kernel": not args.no_liger}
@@ -86,11 +87,11 @@ def main() -> None:
         # the data order must match the other arms: no shuffling sampler
         trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
         trainer.train()
-    measured = [r for step in range(args.warmup_steps, total_steps) for r in rows[step_rows(step, args.rows_per_step)]]
-    tokens = sum(len(tokenize(tokenizer, r)[0]) for r in measured)
-    result_line({"arm": "B2" if args.fast else "B1", "tokens": tokens, "seconds": timer.seconds,
-                 "tokens_per_s": tokens / timer.seconds, "peak_mem": peak_memory_bytes(args.device),
-                 "losses": timer.losses})  # fmt: skip
+    clock = timer.clock
+    tokens = clock.real_tokens(tokenizer, rows, args.rows_per_step)
+    result_line({"arm": "B2" if args.fast else "B1", "tokens": tokens, "seconds": clock.seconds,
+                 "tokens_per_s": tokens / clock.seconds, "steps": len(clock.timed),
+                 "peak_mem": peak_memory_bytes(args.device), "losses": timer.losses})  # fmt: skip
 
 
 if __name__ == "__main__":
