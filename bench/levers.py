@@ -1,7 +1,9 @@
 """One lever at a time on SmolLM2 with the demo data: forward+backward of packed micro-batches
 through the loop's loss path, timed in process CPU time (robust on a shared, loaded machine).
 
-  python bench/levers.py --threads 1 [--full] [--fuse] [--dtype fp32] [--mb 2] [--seq 256]
+  python bench/levers.py --threads 1 [--full] [--fuse] [--dtype fp32] [--mb 2] [--seq 256] [--share-prefix]
+
+With --share-prefix the rows hold fewer tokens than their examples: compare examples per second.
 """
 
 from __future__ import annotations
@@ -31,20 +33,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--full", action="store_true", help="full logits at every position (the old path)")
     parser.add_argument("--fuse", action="store_true", help="fused LoRA layers")
+    parser.add_argument("--share-prefix", action="store_true", help="examples behind one copy of their shared prefix")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_base("smollm2-135m-instruct", dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     spec = DataSpec(train=DEMO, pii="off", dedup=False, leakage_check=False)
     data = prepare_data(spec, base.tokenizer, seed=0, context_length=2048, out_dir=None, cache_dir=None)
-    rows = pack_examples(data.train, args.seq, seed=0)
-    print(f"{len(rows)} packed rows, packing efficiency {packing_efficiency(rows, args.seq):.3f}")
+    rows = pack_examples(data.train, data.max_seq_len, seed=0, pack_len=args.seq, share_prefix=args.share_prefix)
+    print(f"{len(rows)} packed rows, packing efficiency {packing_efficiency(rows, args.seq):.3f}, "
+          f"{len(data.train) / len(rows):.2f} examples a row")  # fmt: skip
     torch.manual_seed(0)
     model = attach_lora(base.model, LoraSpec())
     model.train()
     if args.fuse:
         fuse_lora_layers(model)
     loss_module = TokenLossSum(model)
-    seconds, wall, tokens = 0.0, 0.0, 0
+    seconds, wall, tokens, examples = 0.0, 0.0, 0, 0
     for i in range(args.steps + 1):
         chunk = rows[i * args.mb : (i + 1) * args.mb]
         batch = collate_packed(chunk)
@@ -58,7 +62,9 @@ def main() -> None:
             seconds += time.process_time() - started
             wall += time.perf_counter() - wall_started
             tokens += sum(len(row.input_ids) for row in chunk)  # real tokens: padding excluded
-    print(f"{vars(args)}: {tokens / seconds:.0f} real tokens per CPU-second, {tokens / wall:.0f} per wall-second")
+            examples += sum(len(row.lengths) for row in chunk)
+    print(f"{vars(args)}: {tokens / seconds:.0f} real tokens per CPU-second, {tokens / wall:.0f} per wall-second, "
+          f"{examples / wall:.2f} examples per wall-second")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from loraforge.data import (
     pack_examples,
     summed_token_loss,
 )
+from loraforge.data.packing import MIN_SHARED_PREFIX, resolve_pack_len, shared_prefixes
 from loraforge.data.types import TokenizedExample
 from loraforge.errors import DataError
 
@@ -119,3 +120,76 @@ def test_step_loss_is_the_mean_over_tokens_not_the_mean_of_row_means() -> None:
     row_means = torch.stack([summed_token_loss(lg, lab) / count_loss_tokens(lab) for lg, lab in micro_batches])
     torch.testing.assert_close(step_loss, flat)
     assert not torch.isclose(step_loss, row_means.mean())
+
+
+def _prompted(prefix: tuple[int, ...], line: int, prompt: int, answer: int) -> TokenizedExample:
+    """`prefix` (a system prompt every row shares), then a prompt and an answer of its own; loss on the answer."""
+    rng = random.Random(line)
+    own = tuple(rng.randrange(10, 500) for _ in range(prompt + answer))
+    ids = prefix + own
+    labels = tuple(IGNORE_INDEX if i < len(prefix) + prompt else t for i, t in enumerate(ids))
+    return TokenizedExample(input_ids=ids, labels=labels, line=line)
+
+
+SYSTEM = tuple(random.Random(99).randrange(10, 500) for _ in range(24))
+
+
+def test_shared_prefix_rows_compute_what_each_example_computes_alone(tiny_base_dir: Path) -> None:
+    """Examples behind one copy of their common prefix, in a batch with an ordinary packed row and
+    padding: every token's logits equal the example's own, and the loss is the same token for token."""
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base_dir), dtype=torch.float32, attn_implementation="sdpa")
+    model.eval()
+    shared = [
+        _prompted(SYSTEM, line, prompt, answer) for line, (prompt, answer) in enumerate([(9, 5), (6, 8), (12, 4)])
+    ]
+    loose = [_example(n, line) for line, n in enumerate([20, 17], start=10)]
+    rows = pack_examples(shared + loose, max_seq_len=64, share_prefix=True, pack_len=96)
+    [prefixed] = [row for row in rows if row.prefix_len]
+    assert prefixed.prefix_len == len(SYSTEM) and len(prefixed.lengths) == 3
+    assert len(prefixed.input_ids) == sum(len(ex.input_ids) for ex in shared) - 2 * len(SYSTEM)
+    batch = collate_packed(rows)
+    assert batch["attention_mask"].shape == (len(rows), 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    members = {ex.input_ids: ex for ex in shared + loose}
+    with torch.no_grad():
+        logits = model(**{k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}, use_cache=False).logits
+        packed_loss = summed_token_loss(logits, batch["labels"])
+        alone_loss = torch.zeros(())
+        for row, seq in enumerate(rows):
+            start, prefix = seq.prefix_len, seq.input_ids[: seq.prefix_len]
+            for length in seq.lengths:
+                example = members[prefix + seq.input_ids[start : start + length]]
+                ids = torch.tensor([example.input_ids])
+                alone = model(input_ids=ids, use_cache=False).logits
+                alone_loss = alone_loss + summed_token_loss(alone, torch.tensor([example.labels]))
+                torch.testing.assert_close(
+                    logits[row, start : start + length], alone[0, seq.prefix_len :], atol=1e-5, rtol=0
+                )
+                if seq.prefix_len:
+                    torch.testing.assert_close(
+                        logits[row, : seq.prefix_len], alone[0, : seq.prefix_len], atol=1e-5, rtol=0
+                    )
+                start += length
+    torch.testing.assert_close(packed_loss, alone_loss, atol=1e-4, rtol=1e-6)
+    assert count_loss_tokens(batch["labels"]) == sum(ex.n_loss_tokens for ex in shared + loose)
+
+
+def test_shared_prefix_never_holds_a_loss_token_and_needs_enough_tokens() -> None:
+    # one member's answer starts inside the common tokens: the prefix stops before the token ahead of it
+    early = _prompted(SYSTEM, 1, 0, 6)
+    late = _prompted(SYSTEM, 2, 10, 6)
+    [(shared, members)] = shared_prefixes([early, late])
+    assert members == [0, 1] and shared == len(SYSTEM) - 1
+    assert early.labels[shared] == IGNORE_INDEX and early.labels[shared + 1] != IGNORE_INDEX
+    # fewer common tokens than MIN_SHARED_PREFIX: ordinary packing, positions restarting per example
+    short = SYSTEM[: MIN_SHARED_PREFIX - 1]
+    few = [_prompted(short + (7,) * 2, 3, 8, 4), _prompted(short + (8,) * 2, 4, 8, 4)]
+    assert shared_prefixes(few) == []
+    assert all(row.prefix_len == 0 for row in pack_examples(few, max_seq_len=64, share_prefix=True))
+
+
+def test_a_group_member_alone_in_its_row_is_an_ordinary_row_and_a_row_holds_max_seq_len() -> None:
+    big = [_prompted(SYSTEM, line, 20, 10) for line in range(2)]  # 54 tokens each: one a row at 64
+    rows = pack_examples(big, max_seq_len=64, share_prefix=True)
+    assert [row.prefix_len for row in rows] == [0, 0] and "attention_mask" not in collate_packed(rows)
+    assert resolve_pack_len("auto", 256) == 256 and resolve_pack_len(512, 256) == 512
+    assert resolve_pack_len(384, 448) == 448  # a row always holds the longest example

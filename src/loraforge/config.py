@@ -93,6 +93,15 @@ class DataSpec(Section):
         default=DEFAULT_MAX_ROW_CHARS, gt=0, description="rows longer than this are rejected as data bugs"
     )
     packing: bool = Field(default=True, description="pack rows into full sequences; rows never attend to each other")
+    pack_len: int | Literal["auto"] = Field(
+        default="auto",
+        description="tokens per packed row, at least max_seq_len (auto: max_seq_len); longer rows hold more examples",
+    )
+    share_prefix: bool = Field(
+        default=True,
+        description="pack rows that begin with the same tokens (a system prompt) behind one copy of them; "
+        "each row attends to that copy and itself only, so the loss is unchanged and the copy is computed once",
+    )
     dedup: bool = Field(default=True, description="drop exact and near-duplicate rows (MinHash LSH)")
     near_dup_threshold: float = Field(
         default=DEFAULT_NEAR_DUP_THRESHOLD,
@@ -110,7 +119,7 @@ class DataSpec(Section):
         default=None, description="local spaCy model directory to also detect names (NER); none is downloaded"
     )
 
-    @field_validator("max_seq_len")
+    @field_validator("max_seq_len", "pack_len")
     @classmethod
     def _positive_len(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 16:

@@ -19,6 +19,7 @@ from loraforge.data.packing import (
     collate_padded,
     count_loss_tokens,
     pack_examples,
+    pack_rows,
     packing_efficiency,
     summed_token_loss,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "collate_padded",
     "count_loss_tokens",
     "pack_examples",
+    "pack_rows",
     "packing_efficiency",
     "prepare_data",
     "read_records",

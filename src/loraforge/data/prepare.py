@@ -28,7 +28,7 @@ from loraforge.data.chat import (
     truncate_example,
 )
 from loraforge.data.hygiene import MAX_EXAMPLES, HygieneResult, clean_records, golden_index
-from loraforge.data.packing import pack_examples, packing_efficiency
+from loraforge.data.packing import pack_rows, packing_summary, resolve_pack_len
 from loraforge.data.pii import PiiResult, PiiScanner, scan_records
 from loraforge.data.records import ReadResult, read_records
 from loraforge.data.types import PreparedData, Record, TokenizedExample
@@ -271,7 +271,10 @@ def build_report(
 ) -> dict[str, Any]:
     """data_report.json: counts, drops by reason, percentiles, packing, hashes (see docs/data.md)."""
     ordered = sorted(lengths)
-    efficiency = packing_efficiency(pack_examples(train, max_seq_len, seed=seed), max_seq_len) if spec.packing else None
+    packing = None
+    if spec.packing:
+        row_len = resolve_pack_len(spec.pack_len, max_seq_len)
+        packing = packing_summary(pack_rows(train, spec, max_seq_len, seed), row_len)
     return {
         "rows_in": read["train"].rows_in,
         "rows_kept": len(train) - stage.replay_rows + (0 if spec.eval is not None else len(eval_examples)),
@@ -297,7 +300,8 @@ def build_report(
         "truncated": stage.truncated,
         "percentiles": {f"p{p}": percentile(ordered, p) for p in (50, 90, 95, 99)} | {"max": ordered[-1]},
         "packing": spec.packing,
-        "packing_efficiency": round(efficiency, 4) if efficiency is not None else None,
+        "packing_efficiency": packing["efficiency"] if packing else None,
+        "packed": packing,
         "tokens": {
             "train": sum(len(ex.input_ids) for ex in train),
             "train_loss": sum(ex.n_loss_tokens for ex in train),

@@ -2,7 +2,8 @@
 
 Record           a validated jsonl row, normalised to chat messages (or raw text)
 TokenizedExample one rendered row: token ids, labels (-100 where no loss), whether it is a replay row
-PackedSequence   several examples packed into one training row, positions restarting per example
+PackedSequence   several examples packed into one training row, positions restarting per example,
+                 or continuing behind one shared copy of the prefix they all begin with
 PreparedData     train/eval examples, the golden records, the resolved max_seq_len and the report
 """
 
@@ -53,13 +54,19 @@ class TokenizedExample:
 @dataclass(frozen=True)
 class PackedSequence:
     """Examples laid end to end. position_ids restart at 0 at each example, which (with
-    attention_mask=None and use_cache=False) makes transformers build a block-diagonal mask."""
+    attention_mask=None and use_cache=False) makes transformers build a block-diagonal mask.
+
+    With `prefix_len` > 0 the row starts with one copy of the tokens every member begins with (a
+    system prompt) and holds each member's remaining tokens after it, positions continuing from the
+    prefix; `collate_packed` then builds the mask: each member sees the prefix and itself only.
+    """
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
     position_ids: tuple[int, ...]
-    lengths: tuple[int, ...]  # length of each packed example, in order
+    lengths: tuple[int, ...]  # tokens of each packed example in this row, in order (after the prefix)
     replay: tuple[bool, ...] = ()  # per packed example, aligned with lengths; () means no replay example
+    prefix_len: int = 0  # tokens of the shared prefix at the start of the row (0: none)
 
 
 @dataclass

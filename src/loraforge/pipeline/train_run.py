@@ -21,7 +21,7 @@ from transformers import set_seed
 
 from loraforge.config import Config
 from loraforge.config_text import render_yaml, to_plain
-from loraforge.data import PreparedData, collate_packed, collate_padded, pack_examples, prepare_data
+from loraforge.data import PreparedData, collate_packed, collate_padded, pack_rows, prepare_data
 from loraforge.errors import TrainError
 from loraforge.files import write_text_atomic
 from loraforge.models import LoadedBase, attach_lora, load_base
@@ -111,8 +111,8 @@ def build_batch_plan(config: Config, data: PreparedData, base: LoadedBase, accel
             "cleaning and fitting to max_seq_len; see 'dropped' in OUTPUT/data_report.json, or remove train.replay_kl"
         )
     if config.data.packing:
-        train_rows: list[Any] = pack_examples(data.train, data.max_seq_len, seed=config.train.seed)
-        eval_rows: list[Any] = pack_examples(data.eval, data.max_seq_len, seed=config.train.seed)
+        train_rows: list[Any] = pack_rows(data.train, config.data, data.max_seq_len, config.train.seed)
+        eval_rows: list[Any] = pack_rows(data.eval, config.data, data.max_seq_len, config.train.seed)
         collate: Any = partial(collate_packed, pad_token_id=pad_id, anchor=anchor)
     else:
         train_rows, eval_rows = list(data.train), list(data.eval)

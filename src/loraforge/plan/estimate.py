@@ -113,6 +113,12 @@ def read_data_facts(config: Config, shape: ModelShape, tokens_override: int | No
     if report is not None:
         counts = report.get("tokens", {})
         tokens = int(counts.get("train", 0)) or None
+        packed = report.get("packed") or {}
+        if tokens and packed.get("shared_prefix_tokens_saved"):
+            # a shared prefix is computed once a row: the rows hold fewer tokens than the examples
+            saved = int(packed["shared_prefix_tokens_saved"])
+            notes.append(f"shared prefixes: {saved:,} of {tokens:,} example tokens computed once a row instead")
+            tokens -= saved
         if tokens and counts.get("train_loss") is not None:
             loss_fraction = max(min(int(counts["train_loss"]) / tokens, 1.0), 1e-6)
         examples = int(report.get("split", {}).get("train", 0)) or None
@@ -120,7 +126,11 @@ def read_data_facts(config: Config, shape: ModelShape, tokens_override: int | No
     else:
         notes.append(f"no {config.output / REPORT_NAME}: run `loraforge prepare` for measured token counts")
         notes.append(f"every token carries loss (loss fraction {ASSUMED_LOSS_FRACTION:.0%})")
-    if isinstance(config.data.max_seq_len, int):
+    if config.data.packing and isinstance(config.data.pack_len, int):
+        seq_len = config.data.pack_len
+    elif report is not None and (report.get("packed") or {}).get("pack_len"):
+        seq_len = int(report["packed"]["pack_len"])
+    elif isinstance(config.data.max_seq_len, int):
         seq_len = config.data.max_seq_len
     elif report is not None and report.get("max_seq_len"):
         seq_len = int(report["max_seq_len"])

@@ -246,8 +246,8 @@ def _n_anchored(micro: list[dict[str, torch.Tensor]]) -> int:
 
 
 def _n_tokens(batch: dict[str, torch.Tensor]) -> int:
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    mask = batch.get("attention_mask")  # 2D padding mask, or packed rows' 4D mask (every slot counted)
+    return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
 
 
 def _guard(loss: float, grad_norm: float, step: int, spec: TrainSpec) -> None:
