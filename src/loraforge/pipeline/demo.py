@@ -45,8 +45,8 @@ DEFAULT_DATA_DIR = Path("examples/support_tickets")
 # Rows of 384 tokens hold ~2.1 task examples behind one copy of their shared system prompt (63
 # tokens; data.share_prefix), so steps of 2 rows see about as many examples as steps of 4 rows of
 # 256 did, with 17% fewer tokens: 0.89 examples per second against 0.69 (docs/PERFORMANCE.md).
-DEMO_DATA = {"eval_fraction": 0.05, "replay_ratio": 0.3, "pack_len": 384}
-DEMO_TRAIN = {"epochs": 0.7, "lr": 5e-4, "eval_every": 0.35, "micro_batch_size": 2, "grad_accum": 1}
+DEMO_DATA = {"eval_fraction": 0.05, "replay_ratio": 0.2, "pack_len": 384}
+DEMO_TRAIN = {"epochs": 0.65, "lr": 5e-4, "eval_every": 0.325, "micro_batch_size": 2, "grad_accum": 1}
 # The task's answers are at most 42 tokens of JSON: 48 new tokens bounds a base that rambles.
 DEMO_EVAL = {"max_new_tokens": 48}
 # --quick (the slow test set): a slice of the data, a few steps; shows the path, not the quality.
