@@ -76,8 +76,7 @@ def pack_examples(
     if too_long:
         raise DataError(
             f"{len(too_long)} example(s) longer than {'pack_len' if pack_len else 'max_seq_len'}={row_len} "
-            f"(first at line {too_long[0]}); "
-            "truncate them first (prepare_data does)"
+            f"(first at line {too_long[0]}); truncate them first (prepare_data does)"
         )
     rows: list[PackedSequence] = []
     grouped: set[int] = set()

@@ -126,17 +126,15 @@ def read_data_facts(config: Config, shape: ModelShape, tokens_override: int | No
     else:
         notes.append(f"no {config.output / REPORT_NAME}: run `loraforge prepare` for measured token counts")
         notes.append(f"every token carries loss (loss fraction {ASSUMED_LOSS_FRACTION:.0%})")
-    if config.data.packing and isinstance(config.data.pack_len, int):
-        seq_len = config.data.pack_len
-    elif report is not None and (report.get("packed") or {}).get("pack_len"):
-        seq_len = int(report["packed"]["pack_len"])
-    elif isinstance(config.data.max_seq_len, int):
+    if isinstance(config.data.max_seq_len, int):
         seq_len = config.data.max_seq_len
     elif report is not None and report.get("max_seq_len"):
         seq_len = int(report["max_seq_len"])
     else:
         seq_len = min(ASSUMED_SEQ_LEN, shape.context_length or ASSUMED_SEQ_LEN)
         notes.append(f"max_seq_len=auto and no data report: assumed {seq_len} tokens")
+    if config.data.packing and isinstance(config.data.pack_len, int):
+        seq_len = max(seq_len, config.data.pack_len)  # packed rows: data.pack_len, never below max_seq_len
     if tokens_override is not None:
         tokens = tokens_override
         notes.append(f"tokens from --tokens: {tokens:,}")
