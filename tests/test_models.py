@@ -68,6 +68,25 @@ def test_attach_counts_equal_peft(tiny_base_dir: Path) -> None:
     assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
 
 
+def test_top_layers_adapts_the_last_layers_and_backward_stops_below_them(tiny_base_dir: Path) -> None:
+    base = load_base(str(tiny_base_dir))
+    n_layers = base.model.config.num_hidden_layers
+    assert n_layers >= 2
+    model = attach_lora(base.model, LoraSpec(top_layers=1))
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, _ in model.named_parameters() if "lora_" in name}
+    assert adapted == {n_layers - 1}
+    _nonzero_b(model)
+    needs_grad: list[bool] = []
+    for layer in model.get_base_model().model.layers:
+        layer.register_forward_hook(lambda _m, _i, out: needs_grad.append(out[0].requires_grad))
+    model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits.sum().backward()
+    # autograd records nothing below the adapted layer, so backward never runs through those layers
+    assert needs_grad == [False] * (n_layers - 1) + [True]
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    with pytest.raises(ModelError, match="only 2 decoder layers" if n_layers == 2 else "decoder layers"):
+        attach_lora(load_base(str(tiny_base_dir)).model, LoraSpec(top_layers=n_layers + 1))
+
+
 def test_adapter_round_trips_through_plain_peft(tiny_base_dir: Path, tmp_path: Path) -> None:
     base = load_base(str(tiny_base_dir))
     model = attach_lora(base.model, LoraSpec())

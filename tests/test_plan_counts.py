@@ -35,7 +35,8 @@ def config_only_dir(tmp_path: Path, config: dict[str, object]) -> Path:
 def peft_counts(base: str, spec: LoraSpec) -> tuple[int, int]:
     model = build_meta_model(base)
     groups = target_groups(model_shape(base, model), spec.targets)
-    peft_model = get_peft_model(model, build_lora_config(spec, [g.name for g in groups]))  # type: ignore[arg-type]
+    config = build_lora_config(spec, [g.name for g in groups], model.config.num_hidden_layers)
+    peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
     return peft_model.get_nb_trainable_parameters()
 
 
@@ -51,8 +52,9 @@ def test_llama31_8b_r32_all_linear_is_83886080(tmp_path: Path) -> None:
         (LLAMA_31_8B, LoraSpec(r=16, variant="dora")),
         (LLAMA_31_8B, LoraSpec(r=8, targets=["q_proj", "v_proj"])),
         (LLAMA_3_70B, LoraSpec(r=16)),
+        (LLAMA_31_8B, LoraSpec(r=16, top_layers=8)),
     ],
-    ids=["8b-r32", "8b-dora", "8b-qv", "70b-r16"],
+    ids=["8b-r32", "8b-dora", "8b-qv", "70b-r16", "8b-top8"],
 )
 def test_trainable_and_total_equal_peft(tmp_path: Path, config: dict[str, object], spec: LoraSpec) -> None:
     base = str(config_only_dir(tmp_path, config))

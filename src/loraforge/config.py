@@ -41,6 +41,7 @@ DEFAULT_NEAR_DUP_THRESHOLD = 0.85  # Jaccard on word 5-grams: catches reworded c
 DEFAULT_MAX_ROW_CHARS = 200_000  # a row longer than this is a data bug (a dumped file), not a sample
 DEFAULT_MAX_NEW_TOKENS = 256  # enough for a structured answer; the gate is greedy and batched
 DEFAULT_LORAPLUS_RATIO = 16.0  # LoRA+ paper: B learns 16x faster than A
+DEFAULT_GIVE_UP_AFTER = 16  # a base rambling to max_new_tokens on every golden row was most of its gate half
 DEFAULT_EVAL_BATCH = 32  # greedy decoding is memory-bound: 32 rows cost ~1.2x one batch of 8 on CPU, so ~2.5x faster
 
 
@@ -139,6 +140,12 @@ class LoraSpec(Section):
         default="lora", description="lora, dora, rslora (alpha/sqrt(r)), pissa init, loraplus, qlora (4-bit NF4 base)"
     )
     loraplus_lr_ratio: float = Field(default=DEFAULT_LORAPLUS_RATIO, gt=0, description="LoRA+: lr of B over lr of A")
+    top_layers: int | None = Field(
+        default=None,
+        gt=0,
+        description="adapt only the last N decoder layers; unset: all. Backward stops at the lowest adapted "
+        "layer, so with N of L layers a step costs about (1 + N/L)/2 of adapting all of them",
+    )
 
     @field_validator("targets")
     @classmethod
@@ -197,6 +204,14 @@ class EvalSpec(Section):
     gate: bool = Field(default=True, description="run the gate after training; a blocked adapter is not shipped")
     max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, gt=0, description="greedy generation length cap")
     batch_size: int = Field(default=DEFAULT_EVAL_BATCH, gt=0, description="prompts generated together")
+    give_up_after: int | None = Field(
+        default=DEFAULT_GIVE_UP_AFTER,
+        gt=0,
+        description="end an answer once it can no longer pass its checks (not JSON where JSON is due, off an "
+        "exact reference, a refusal where none may be, no refusal in a refusal's opening), after at least this "
+        "many new tokens so reports show how it began; scores are the same; null: every answer runs to "
+        "max_new_tokens or its end",
+    )
     tolerance: int = Field(
         default=0, ge=0, description="rows a slice may lose beyond noise (one row under 50 rows) before blocking"
     )

@@ -4,8 +4,9 @@ Every `loraforge train` and `loraforge eval` scores the base on the golden set a
 again, and on a CPU that is half the gate (about 3 minutes on the demo). What the base answers
 depends only on what the key below holds: the base weights (the file fingerprint and a checksum
 of the weights in memory), the tokenizer, chat template and generation config, the cases in order
-(prompt, reference, generation budget), the batch size (rows are left-padded together), the dtype
-and device the base ran in, and the library versions. An entry is one JSON file under
+(prompt, reference, checks, generation budget), when hopeless answers end (eval.give_up_after),
+the batch size (rows are left-padded together), the dtype and device the base ran in, and the
+library versions. An entry is one JSON file under
 LORAFORGE_HOME/gate-base/, written atomically; delete the folder to drop them all.
 """
 
@@ -28,7 +29,8 @@ from loraforge.models.base import loraforge_home
 
 # bump when scoring changes what it returns for the same inputs;
 # 2: batches in prompt-length order, a prefix shared by a batch's prompts encoded once
-CACHE_VERSION = 2
+# 3: answers that can no longer pass end early (eval.give_up_after, part of the key)
+CACHE_VERSION = 3
 Scored = tuple[list[str], list[tuple[float, int]]]  # answers, (summed reference NLL, token count) per case
 
 
@@ -38,6 +40,7 @@ def base_cache_key(
     tokenizer: PreTrainedTokenizerBase,
     cases: Sequence[Case],
     batch_size: int,
+    give_up_after: int | None = None,
 ) -> str:
     """sha256 over everything the base's answers and reference losses depend on."""
     parameter = next(model.parameters())
@@ -49,8 +52,9 @@ def base_cache_key(
         "tokenizer": tokenizer_sha256(tokenizer),
         "chat_template": getattr(tokenizer, "chat_template", None),
         "generation": generation.to_json_string() if generation is not None else None,
-        "cases": [[list(c.prompt), c.reference, c.max_new_tokens] for c in cases],
+        "cases": [[list(c.prompt), c.reference, c.max_new_tokens, list(c.checks)] for c in cases],
         "batch_size": batch_size,
+        "give_up_after": give_up_after,
         "dtype": str(parameter.dtype),
         "device": parameter.device.type,
         "libraries": {name: version(name) for name in ("torch", "transformers", "peft")},

@@ -208,6 +208,56 @@ def _argument_problems(kind: str, check: CheckSpec, reference: str) -> list[str]
     return []
 
 
+# What a JSON text (or a markdown fence around one) can begin with; an object begins with { (or the fence).
+_JSON_STARTS = frozenset('{["-0123456789tfn`')
+_OBJECT_STARTS = frozenset("{`")
+
+
+def _hopeless_exact(check: CheckSpec, reference: str) -> Callable[[str], bool]:
+    target = normalise_ws(reference)
+    return lambda answer: not target.startswith(normalise_ws(answer))
+
+
+def _hopeless_start(starts: frozenset[str]) -> Callable[[CheckSpec, str], Callable[[str], bool]]:
+    return lambda check, reference: lambda answer: answer.strip()[:1] not in starts | {""}
+
+
+def _hopeless_refusal(check: CheckSpec, reference: str) -> Callable[[str], bool]:
+    # the window is fixed once REFUSAL_WINDOW_CHARS have been written: no phrase there, none ever
+    return lambda answer: len(answer.strip()) >= REFUSAL_WINDOW_CHARS and not is_refusal(answer)
+
+
+def _hopeless_not_refusal(check: CheckSpec, reference: str) -> Callable[[str], bool]:
+    return lambda answer: is_refusal(answer)  # a phrase inside the opening window stays there
+
+
+# Per check type: a test that is True once an unfinished answer fails the check whatever follows.
+# contains and regex can still be met by a later token, so they have none.
+_HOPELESS: dict[str, Callable[[CheckSpec, str], Callable[[str], bool]]] = {
+    "exact": _hopeless_exact,
+    "json_valid": _hopeless_start(_JSON_STARTS),
+    "json_fields": _hopeless_start(_OBJECT_STARTS),
+    "refusal": _hopeless_refusal,
+    "not_refusal": _hopeless_not_refusal,
+}
+
+
+def hopeless_test(checks: Sequence[CheckSpec], reference: str) -> Callable[[str], bool] | None:
+    """A test that is True once an unfinished answer can no longer pass `checks` (a row passes
+    only when every check does), whatever tokens follow; None when no check can tell early.
+    Generation stops such a row there (eval.give_up_after): its score cannot change."""
+    tests = [_HOPELESS[c["type"]](c, reference) for c in (checks or DEFAULT_CHECKS) if c["type"] in _HOPELESS]
+    if not tests:
+        return None
+
+    def hopeless(answer: str) -> bool:
+        if answer.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
+            return False
+        return any(test(answer) for test in tests)
+
+    return hopeless
+
+
 def run_checks(checks: Sequence[CheckSpec], answer: str, reference: str) -> list[CheckOutcome]:
     """Run a row's checks (validated beforehand with check_problems); no checks means `exact`."""
     return [_RUNNERS[check["type"]](check, answer, reference) for check in (checks or DEFAULT_CHECKS)]

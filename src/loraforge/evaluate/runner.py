@@ -83,16 +83,16 @@ def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
 
 
 def _base_scored(
-    base: LoadedBase, model: PeftModel, cases: list[Case], batch_size: int
+    base: LoadedBase, model: PeftModel, cases: list[Case], batch_size: int, give_up_after: int | None
 ) -> tuple[list[str], list[tuple[float, int]], str]:
     """The base's answers and reference losses: from the cache when the same base scored the same
     cases before ("hit"), else scored now and stored ("miss")."""
-    key = base_cache_key(base.fingerprint, model, base.tokenizer, cases, batch_size)
+    key = base_cache_key(base.fingerprint, model, base.tokenizer, cases, batch_size, give_up_after)
     cached = load_scored(key, len(cases))
     if cached is not None:
         return *cached, "hit"
     with as_role(model, "base", str(model.active_adapter)):
-        answers, nll = answer_and_score(model, base.tokenizer, cases, batch_size, "gate: base")
+        answers, nll = answer_and_score(model, base.tokenizer, cases, batch_size, "gate: base", give_up_after)
     store_scored(key, (answers, nll))
     return answers, nll, "miss"
 
@@ -123,11 +123,11 @@ def run_gate(
         for role in roles:
             started = time.perf_counter()
             if role == "base" and spec.cache_base:
-                answers, nll, base_cache = _base_scored(base, adapter_model, cases, spec.batch_size)
+                answers, nll, base_cache = _base_scored(base, adapter_model, cases, spec.batch_size, spec.give_up_after)
             else:
                 with as_role(adapter_model, role, candidate):
                     answers, nll = answer_and_score(
-                        adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}"
+                        adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}", spec.give_up_after
                     )
             score_role(role, rows, answers, nll)
             seconds[role] = round(time.perf_counter() - started, 2)

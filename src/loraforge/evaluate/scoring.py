@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from loraforge.data.types import IGNORE_INDEX, Message, Record
 from loraforge.errors import EvalError
-from loraforge.evaluate.checks import DEFAULT_CHECKS, CheckSpec, check_problems, run_checks
+from loraforge.evaluate.checks import DEFAULT_CHECKS, CheckSpec, check_problems, hopeless_test, run_checks
 from loraforge.models.forward import logits_at_labels, summed_nll_per_row
 from loraforge.models.generate import generate_chat, score_then_generate
 
@@ -125,26 +125,42 @@ def cases_from_records(
 
 
 def generate_answers(
-    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    cases: Sequence[Case],
+    batch_size: int,
+    desc: str,
+    give_up_after: int | None = None,
 ) -> list[str]:
-    """Greedy answers in case order; cases sharing max_new_tokens are batched together."""
+    """Greedy answers in case order; cases sharing max_new_tokens are batched together. With
+    `give_up_after`, an answer that can no longer pass its checks ends after that many tokens."""
     answers: dict[int, str] = {}
     lengths = [len(prompt_ids(tokenizer, case)) for case in cases]
     for budget, chunk in tqdm(_batches(cases, batch_size, lengths), desc=desc, unit="batch", disable=None):
         conversations = [list(cases[i].prompt) for i in chunk]
-        outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
+        outs = generate_chat(
+            model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk),
+            hopeless=[hopeless_test(cases[i].checks, cases[i].reference) for i in chunk], give_up_after=give_up_after,
+        )  # fmt: skip
         answers.update(zip(chunk, outs, strict=True))
     return [answers[i] for i in range(len(cases))]
 
 
 def answer_and_score(
-    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    cases: Sequence[Case],
+    batch_size: int,
+    desc: str,
+    give_up_after: int | None = None,
 ) -> tuple[list[str], list[tuple[float, int]]]:
     """Greedy answers and the reference answer's (summed NLL, token count), in case order.
 
     Where the conversation with its reference starts with exactly the generation prompt's tokens
     (every template seen so far), one forward scores the reference and leaves the prompt's KV cache
     for generation (models.generate.score_then_generate); otherwise the prompt is encoded twice.
+    With `give_up_after`, an answer that can no longer pass its checks (checks.hopeless_test) ends
+    after that many new tokens: its pass or fail is already known, so the scores do not change.
     """
     answers: dict[int, str] = {}
     scores: dict[int, tuple[float, int]] = {}
@@ -153,6 +169,7 @@ def answer_and_score(
     for budget, chunk in tqdm(batches, desc=desc, unit="batch", disable=None):
         encoded = [encode_reference(tokenizer, cases[i]) for i in chunk]
         prompts = [all_prompts[i] for i in chunk]
+        hopeless = [hopeless_test(cases[i].checks, cases[i].reference) for i in chunk]
         if all(ids[: len(p)] == p and len(ids) > len(p) for (ids, _), p in zip(encoded, prompts, strict=True)):
             outs, nll = score_then_generate(
                 model,
@@ -162,10 +179,15 @@ def answer_and_score(
                 [labels[len(p) :] for (_, labels), p in zip(encoded, prompts, strict=True)],
                 budget,
                 ignore_index=IGNORE_INDEX,
+                hopeless=hopeless,
+                give_up_after=give_up_after,
             )
         else:
             conversations = [list(cases[i].prompt) for i in chunk]
-            outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
+            outs = generate_chat(
+                model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk),
+                hopeless=hopeless, give_up_after=give_up_after,
+            )  # fmt: skip
             nll = _reference_nll(model, tokenizer, encoded)
         answers.update(zip(chunk, outs, strict=True))
         scores.update(zip(chunk, nll, strict=True))

@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from loraforge.models.forward import causal_lm_of, head_at_labels, summed_nll_per_row
 
 Message = dict[str, str]
+Hopeless = Callable[[str], bool] | None  # per row: True once its unfinished answer can no longer pass
+
+
+class GiveUp(StoppingCriteria):
+    """Ends a row once `hopeless[row]` says its answer so far can no longer pass, and not before
+    `after` new tokens, so a report still shows how the answer began. A batch stops when all of
+    its rows have ended, so a base that rambles to max_new_tokens on every golden row stops early."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, hopeless: Sequence[Hopeless], after: int):
+        self.tokenizer, self.prompt_len, self.hopeless, self.after = tokenizer, prompt_len, list(hopeless), after
+        self.ended = [False] * len(self.hopeless)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len :]
+        if new.shape[1] >= self.after:
+            for row, test in enumerate(self.hopeless):
+                if test is not None and not self.ended[row]:
+                    self.ended[row] = test(str(self.tokenizer.decode(new[row], skip_special_tokens=True)))
+        return torch.tensor(self.ended, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def give_up(
+    tokenizer: PreTrainedTokenizerBase, prompt_len: int, hopeless: Sequence[Hopeless] | None, after: int | None
+) -> dict[str, object]:
+    """generate() kwargs that end hopeless rows early; none when there is nothing to test."""
+    if after is None or hopeless is None or all(test is None for test in hopeless):
+        return {}
+    return {"stopping_criteria": StoppingCriteriaList([GiveUp(tokenizer, prompt_len, hopeless, after)])}
 
 
 def generate_chat(
@@ -20,9 +48,15 @@ def generate_chat(
     conversations: Sequence[Sequence[Message]],
     max_new_tokens: int = 64,
     batch_size: int = 8,
+    hopeless: Sequence[Hopeless] | None = None,
+    give_up_after: int | None = None,
 ) -> list[str]:
-    """Greedy answers for each conversation (its last turn is the user's), in input order."""
-    return [text for text, _ in generate_chat_finished(model, tokenizer, conversations, max_new_tokens, batch_size)]
+    """Greedy answers for each conversation (its last turn is the user's), in input order. With
+    `hopeless` (one test per conversation) and `give_up_after`, a row ends once its test is True."""
+    batches = _generate(
+        model, tokenizer, conversations, batch_size, False, hopeless, give_up_after, max_new_tokens=max_new_tokens
+    )
+    return [text for batch in batches for text, _ in batch]
 
 
 def generate_chat_finished(
@@ -71,6 +105,8 @@ def _generate(
     conversations: Sequence[Sequence[Message]],
     batch_size: int,
     progress: bool,
+    hopeless: Sequence[Hopeless] | None = None,
+    give_up_after: int | None = None,
     **generate_kwargs: object,
 ) -> list[list[tuple[str, bool]]]:
     """Per batch of conversations, (answer, finished) per generated sequence, in input order."""
@@ -85,11 +121,15 @@ def _generate(
             texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = enc.to(model.device)
+            width = enc["input_ids"].shape[1]
+            tests = hopeless[start : start + batch_size] if hopeless is not None else None
             with torch.no_grad():
                 out = model.generate(  # type: ignore[operator]
-                    **enc, pad_token_id=tokenizer.pad_token_id, **{"do_sample": False, **generate_kwargs}
+                    **enc,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **{"do_sample": False, **give_up(tokenizer, width, tests, give_up_after), **generate_kwargs},
                 )
-            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            new_tokens = out[:, width:]
             finished = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device)).any(dim=1)
             texts_out = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             results.append([(t.strip(), bool(f)) for t, f in zip(texts_out, finished.tolist(), strict=True)])
@@ -133,6 +173,8 @@ def score_then_generate(
     max_new_tokens: int,
     *,
     ignore_index: int,
+    hopeless: Sequence[Hopeless] | None = None,
+    give_up_after: int | None = None,
 ) -> tuple[list[str], list[tuple[float, int]]]:
     """One forward over prompt + reference gives the reference's token NLL and, cropped to the
     prompt, the KV cache greedy generation starts from: the prompt is encoded once, not twice.
@@ -141,7 +183,8 @@ def score_then_generate(
     its cache repeated over the rows. Rows are laid out [shared prefix | pad | rest of the prompt |
     continuation | right pad] so every prompt ends in the same column; positions count real tokens
     only, as generate() computes them, so each row sees what it would see alone. Returns the answers
-    and, per row, (summed NLL of the labelled continuation tokens, their count).
+    and, per row, (summed NLL of the labelled continuation tokens, their count). `hopeless` and
+    `give_up_after` end rows that can no longer pass early (GiveUp).
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     shared = shared_prefix_length(prompts)
@@ -187,6 +230,7 @@ def score_then_generate(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad_id,
+            **give_up(tokenizer, prompt_end, hopeless, give_up_after),
         )
     answers = tokenizer.batch_decode(generated[:, prompt_end:], skip_special_tokens=True)
     return [a.strip() for a in answers], scores

@@ -51,12 +51,28 @@ def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
     return list(targets)
 
 
-def build_lora_config(spec: LoraSpec, target_modules: list[str]) -> LoraConfig:
-    """A PEFT LoraConfig for the variant. LoRA+ differs only in its optimizer; QLoRA in the base."""
+def adapted_layers(spec: LoraSpec, n_layers: int) -> list[int] | None:
+    """Indices of the decoder layers that get adapters: the last `top_layers`, or None for all."""
+    if spec.top_layers is None:
+        return None
+    if spec.top_layers > n_layers:
+        raise ModelError(f"lora.top_layers={spec.top_layers}: the base has only {n_layers} decoder layers")
+    return list(range(n_layers - spec.top_layers, n_layers))
+
+
+def build_lora_config(spec: LoraSpec, target_modules: list[str], n_layers: int | None = None) -> LoraConfig:
+    """A PEFT LoraConfig for the variant. LoRA+ differs only in its optimizer; QLoRA in the base.
+    `n_layers` (the base's decoder layers) is needed when `spec.top_layers` is set."""
     init: bool | str = True
     if spec.variant == "pissa":
         init = "pissa_niter_4"  # fast randomized SVD: seconds instead of minutes on large bases
+    layers = None
+    if spec.top_layers is not None:
+        if n_layers is None:
+            raise ModelError("lora.top_layers needs the base's layer count")
+        layers = adapted_layers(spec, n_layers)
     return LoraConfig(
+        layers_to_transform=layers,  # PEFT matches the first numbered path segment (model.layers.<i>.)
         r=spec.r,
         lora_alpha=spec.alpha,  # type: ignore[arg-type]  # PEFT annotates int, computes alpha/r in float
         lora_dropout=spec.dropout,
@@ -72,7 +88,7 @@ def build_lora_config(spec: LoraSpec, target_modules: list[str]) -> LoraConfig:
 def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     """Freeze the base and wrap it with a trainable LoRA adapter (adapter weights in fp32)."""
     targets = resolve_targets(model, spec.targets)
-    config = build_lora_config(spec, targets)
+    config = build_lora_config(spec, targets, getattr(getattr(model, "config", None), "num_hidden_layers", None))
     peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)  # type: ignore[arg-type]
     for name, param in peft_model.named_parameters():
         if "lora_" in name and param.dtype != torch.float32:

@@ -174,12 +174,15 @@ def flops_per_token(shape: ModelShape, trainable: int, step: StepShape) -> float
     """Forward 2N, backward to the inputs 2N (frozen weights get no weight gradient), the adapters'
     forward and both backward matmuls 6 per adapter weight, and causal attention: QK^T and AV cost
     4 x context x q_dim forward with an average context of seq_len/2, backward twice that.
-    Gradient checkpointing adds a second forward."""
-    matmul = shape.linear_params + shape.lm_head_params * step.loss_fraction
+    Backward runs through the adapted layers only (lora.top_layers); checkpointing recomputes those."""
+    depth = step.backward_layers(shape) / max(shape.layers, 1)
+    head = shape.lm_head_params * step.loss_fraction
     attention_forward = 2 * step.seq_len * shape.q_dim * shape.layers
-    forward = 2 * matmul + 2 * trainable + attention_forward
-    backward = 2 * matmul + 4 * trainable + 2 * attention_forward
-    recompute = forward if step.gradient_checkpointing else 0
+    forward = 2 * (shape.linear_params + head) + 2 * trainable + attention_forward
+    backward = 2 * (shape.linear_params * depth + head) + 4 * trainable + 2 * attention_forward * depth
+    recompute = 2 * (shape.linear_params * depth + head) + 2 * trainable + attention_forward * depth
+    if not step.gradient_checkpointing:
+        recompute = 0
     return float(forward + backward + recompute)
 
 
@@ -202,6 +205,7 @@ def plan_run(config: Config, tier: Tier, tokens: int | None = None, shape: Model
         packing=config.data.packing,
         lora_r=config.lora.r,
         variant=config.lora.variant,
+        top_layers=config.lora.top_layers,
     )
     gpus = gpus_needed(shape, groups, trainable, step, tier)
     memory = _per_gpu(memory_breakdown(shape, groups, trainable, step), gpus)

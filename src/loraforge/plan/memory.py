@@ -48,6 +48,11 @@ class StepShape:
     packing: bool
     lora_r: int
     variant: str
+    top_layers: int | None = None  # lora.top_layers: backward (and what it saves) covers these layers only
+
+    def backward_layers(self, shape: ModelShape) -> int:
+        """Layers that backward runs through: the adapted ones; below them nothing needs a gradient."""
+        return shape.layers if self.top_layers is None else min(self.top_layers, shape.layers)
 
 
 def weight_bytes(shape: ModelShape, precision: Precision) -> int:
@@ -125,21 +130,22 @@ def layer_bytes_per_token(shape: ModelShape, groups: list[LinearGroup], step: St
 
 
 def activation_bytes(shape: ModelShape, groups: list[LinearGroup], step: StepShape) -> int:
-    """Everything saved for backward across layers (with checkpointing: layer inputs + one layer)."""
+    """Everything saved for backward across the layers backward runs through (with checkpointing:
+    their inputs + one layer); layers below the lowest adapter save nothing."""
     tokens = step.micro_batch_size * step.seq_len
     layer = layer_bytes_per_token(shape, groups, step) * tokens
     final_norm = (shape.hidden_size * 4 + 4) * tokens
     # packed rows on GPU: transformers builds a boolean block-diagonal mask, one byte per query-key pair
     mask = step.micro_batch_size * step.seq_len**2 if step.packing and step.on_gpu else 0
     if step.gradient_checkpointing:
-        inputs = shape.layers * tokens * shape.hidden_size * DTYPE_BYTES[step.precision]
+        inputs = step.backward_layers(shape) * tokens * shape.hidden_size * DTYPE_BYTES[step.precision]
         # backward frees the loss tensors before it recomputes the last layer, so the recomputed
         # layer only adds what exceeds them
         recomputed = max(0, layer - logits_bytes(shape, step))
         # while that layer runs backward: the residual gradient in and out, and its two branches' gradients
         working = BACKWARD_WORKING_HIDDEN_COPIES * shape.hidden_size * 4 * tokens
         return int(inputs + recomputed + working + final_norm + mask)
-    return int(shape.layers * layer + final_norm + mask)
+    return int(step.backward_layers(shape) * layer + final_norm + mask)
 
 
 def logits_bytes(shape: ModelShape, step: StepShape) -> int:

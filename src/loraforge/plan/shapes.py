@@ -136,11 +136,13 @@ def target_groups(shape: ModelShape, targets: str | list[str]) -> list[LinearGro
 
 def trainable_by_module(shape: ModelShape, spec: LoraSpec) -> dict[str, int]:
     """Adapter parameters per target module name: r*(in+out) per layer (A is r x in, B is out x r),
-    plus DoRA's magnitude vector (one value per output feature)."""
+    plus DoRA's magnitude vector (one value per output feature); with lora.top_layers, only that
+    many layers of each module (one instance per decoder layer)."""
     counts: dict[str, int] = {}
     for group in target_groups(shape, spec.targets):
         per_module = spec.r * (group.in_features + group.out_features)
         if spec.variant == "dora":
             per_module += group.out_features
-        counts[group.name] = per_module * group.count
+        adapted = group.count if spec.top_layers is None else min(group.count, spec.top_layers)
+        counts[group.name] = per_module * adapted
     return counts
