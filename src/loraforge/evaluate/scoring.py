@@ -125,23 +125,15 @@ def cases_from_records(
 
 
 def generate_answers(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    cases: Sequence[Case],
-    batch_size: int,
-    desc: str,
-    give_up_after: int | None = None,
+    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
 ) -> list[str]:
-    """Greedy answers in case order; cases sharing max_new_tokens are batched together. With
-    `give_up_after`, an answer that can no longer pass its checks ends after that many tokens."""
+    """Greedy answers in case order, each to its end or max_new_tokens; cases sharing max_new_tokens
+    are batched together."""
     answers: dict[int, str] = {}
     lengths = [len(prompt_ids(tokenizer, case)) for case in cases]
     for budget, chunk in tqdm(_batches(cases, batch_size, lengths), desc=desc, unit="batch", disable=None):
         conversations = [list(cases[i].prompt) for i in chunk]
-        outs = generate_chat(
-            model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk),
-            hopeless=[hopeless_test(cases[i].checks, cases[i].reference) for i in chunk], give_up_after=give_up_after,
-        )  # fmt: skip
+        outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
         answers.update(zip(chunk, outs, strict=True))
     return [answers[i] for i in range(len(cases))]
 
