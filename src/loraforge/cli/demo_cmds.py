@@ -39,6 +39,9 @@ def _show(step: str, payload: Any) -> None:
     if step == "note":
         console.print(f"[yellow]{escape(payload)}[/]")
         return
+    if step == "time":
+        _time(payload)
+        return
     steps: dict[str, tuple[str, Callable[[Any], None]]] = {
         "base": ("1. the embedded base", _base),
         "data": ("2. the data", _data),
@@ -112,6 +115,19 @@ def _paths(paths: dict[str, str]) -> None:
         "  loraforge plan my.yaml\n"
         "  loraforge train my.yaml"
     )
+
+
+def _time(seconds: dict[str, Any]) -> None:
+    roles = ", ".join(f"{role} {_clock(s)}" for role, s in seconds["gate_roles"].items())
+    console.print(
+        f"\nthe demo took {_clock(seconds['total'])}: base {_clock(seconds['base'])}, data {_clock(seconds['data'])}, "
+        f"training {_clock(seconds['training'])}, gate {_clock(seconds['gate'])}" + (f" ({roles})" if roles else "")
+    )
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ The caller passes `show(step, payload)` to render each step as it finishes.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,24 +31,21 @@ from loraforge.train.checkpoint import complete_checkpoints
 
 DEFAULT_DATA_DIR = Path("examples/support_tickets")
 
-# The demo's budget (docs/PERFORMANCE.md, "The demo"): 0.65 epoch over the 722 task rows and the
-# replay rows, in steps of 2 packed rows (~130 optimizer steps). 0.6 epoch passed 79-80% of the
-# golden rows, at the goal's edge; 0.7 epoch passed 84-87% but lost two general probes, so the gate
-# blocked (with 20% and with 30% replay). The recipe's rank, alpha, targets, schedule shape and
-# warmup stay. Measured on the way here: at the recipe's lr 2e-4 this 135M base
-# learns the JSON format within 30 steps but not the issue and urgency labels; at 5e-4 it learns
-# them and, trained on the task alone, forgets general knowledge and refusals, so the gate blocks.
-# Replay (the base's own answers to 80 general prompts, examples/support_tickets/replay.jsonl,
-# 20% of the training rows) brings refusals back to 100% and keeps 22 of the 23 robust general
-# probes, so the gate passes (docs/PERFORMANCE.md, 2026-11-29). Steps of 4 rows learn more per
-# token than steps of 8.
-# Eval loss runs twice on 5% of the rows (38): an eval pass over the default 10% costs as much as
-# ~4 training steps.
-# Rows of 384 tokens hold ~2.1 task examples behind one copy of their shared system prompt (63
-# tokens; data.share_prefix), so steps of 2 rows see about as many examples as steps of 4 rows of
-# 256 did, with 18% fewer tokens (docs/PERFORMANCE.md, "Shared prefixes on the demo rows").
-DEMO_DATA = {"eval_fraction": 0.05, "replay_ratio": 0.2, "pack_len": 384}
-DEMO_TRAIN = {"epochs": 0.65, "lr": 5e-4, "eval_every": 0.325, "micro_batch_size": 2, "grad_accum": 1}
+# The demo's budget (docs/PERFORMANCE.md, "The demo"): 0.3 epoch over the 760 task rows and the
+# replay rows, one packed row of 384 tokens a step (~2.1 task examples behind one copy of their
+# 63-token system prompt, data.share_prefix), lr 1e-3: 127 optimizer steps, ~230 task examples.
+# The recipe's rank, alpha, targets, schedule shape and warmup stay. Measured on the way here
+# (2-core fp32 CPU, 2026-11-30): the earlier 0.65 epoch at lr 5e-4 in steps of 2 rows passed
+# 80.0% of the golden rows in 12 minutes of training; steps of one row at lr 1e-3 learn the
+# issue and urgency labels from fewer examples (0.35 epoch: 89.2%; 0.3 epoch with 30% replay:
+# 91.7%), while 0.25 epoch fell to 76.7%. A higher lr forgets more, so replay (the base's own
+# answers to 80 general prompts, examples/support_tickets/replay.jsonl) is 30% of the training rows: the
+# adapter kept 22 of 23 robust general probes and 25 of 26 safety probes, within the gate's
+# one-row noise. Adapting only the top 10 of 30 layers (lora.top_layers) ran 1.5x faster but
+# passed 43% and lost 9 safety probes. Eval loss runs once, at the end (a quarter epoch is about
+# the whole run), on 5% of the task rows (40).
+DEMO_DATA = {"eval_fraction": 0.05, "replay_ratio": 0.3, "pack_len": 384}
+DEMO_TRAIN = {"epochs": 0.3, "lr": 1e-3, "eval_every": 0.3, "micro_batch_size": 1, "grad_accum": 1}
 # The task's answers are at most 42 tokens of JSON: 48 new tokens bounds a base that rambles.
 DEMO_EVAL = {"max_new_tokens": 48}
 # --quick (the slow test set): a slice of the data, a few steps; shows the path, not the quality.
@@ -98,6 +96,7 @@ def _head(source: Path, dest: Path, rows: int) -> Path:
 
 
 def run_demo(config: Config, show: Show) -> DemoResult:
+    started = time.perf_counter()
     base = load_base(config.base)  # converts the embedded GGUF once; later runs read the cache
     card = base_card(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -105,6 +104,7 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     show("base", {"card": card, "load_seconds": base.load_seconds, "fast_bf16": fast_bf16, "device": device})
     del base  # training loads the base in its own precision
     tokenizer = load_tokenizer(config.base)
+    data_started = time.perf_counter()
     data = step_prepare(config, tokenizer, card.context_length)
     show(
         "data",
@@ -115,12 +115,26 @@ def run_demo(config: Config, show: Show) -> DemoResult:
             "output": config.output,
         },
     )
+    train_started = time.perf_counter()
     outcome = train_again_or_afresh(config, show, lambda: step_prepare(config, tokenizer, card.context_length))
+    finished = time.perf_counter()
     show("train", outcome.train)
     if outcome.gate is not None:
         show("gate", {"report": outcome.gate, "eval_dir": config.output / "eval"})
         show("side_by_side", side_by_side(outcome.gate, n=3))
     show("paths", artifact_paths(config))
+    gate_seconds = sum((outcome.gate.info.get("seconds") or {}).values()) if outcome.gate is not None else 0.0
+    show(
+        "time",
+        {
+            "total": finished - started,
+            "base": data_started - started,
+            "data": train_started - data_started,
+            "training": finished - train_started - gate_seconds,  # with loading, eval loss and saving
+            "gate": gate_seconds,
+            "gate_roles": dict(outcome.gate.info.get("seconds") or {}) if outcome.gate is not None else {},
+        },
+    )
     return DemoResult(config, card, data, outcome)
 
 
