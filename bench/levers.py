@@ -2,6 +2,7 @@
 through the loop's loss path, timed in process CPU time (robust on a shared, loaded machine).
 
   python bench/levers.py --threads 1 [--full] [--fuse] [--dtype fp32] [--mb 2] [--seq 256] [--share-prefix]
+                         [--top-layers N]
 
 With --share-prefix the rows hold fewer tokens than their examples: compare examples per second.
 """
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="full logits at every position (the old path)")
     parser.add_argument("--fuse", action="store_true", help="fused LoRA layers")
     parser.add_argument("--share-prefix", action="store_true", help="examples behind one copy of their shared prefix")
+    parser.add_argument("--top-layers", type=int, default=None, help="adapt only the last N layers (lora.top_layers)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_base("smollm2-135m-instruct", dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
@@ -43,7 +45,7 @@ def main() -> None:
     print(f"{len(rows)} packed rows, packing efficiency {packing_efficiency(rows, args.seq):.3f}, "
           f"{len(data.train) / len(rows):.2f} examples a row")  # fmt: skip
     torch.manual_seed(0)
-    model = attach_lora(base.model, LoraSpec())
+    model = attach_lora(base.model, LoraSpec(top_layers=args.top_layers))
     model.train()
     if args.fuse:
         fuse_lora_layers(model)
