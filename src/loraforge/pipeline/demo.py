@@ -123,7 +123,8 @@ def run_demo(config: Config, show: Show) -> DemoResult:
         show("gate", {"report": outcome.gate, "eval_dir": config.output / "eval"})
         show("side_by_side", side_by_side(outcome.gate, n=3))
     show("paths", artifact_paths(config))
-    gate_seconds = sum((outcome.gate.info.get("seconds") or {}).values()) if outcome.gate is not None else 0.0
+    gate_roles = dict(outcome.gate.info.get("seconds") or {}) if outcome.gate is not None else {}
+    gate_seconds = sum(gate_roles.values())
     show(
         "time",
         {
@@ -132,7 +133,7 @@ def run_demo(config: Config, show: Show) -> DemoResult:
             "data": train_started - data_started,
             "training": finished - train_started - gate_seconds,  # with loading, eval loss and saving
             "gate": gate_seconds,
-            "gate_roles": dict(outcome.gate.info.get("seconds") or {}) if outcome.gate is not None else {},
+            "gate_roles": gate_roles,
         },
     )
     return DemoResult(config, card, data, outcome)
