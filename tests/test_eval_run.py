@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -367,3 +368,44 @@ def test_the_base_is_scored_once_and_reused_while_nothing_it_depends_on_changes(
     off = run_gate(base, model, records(golden_file), SPEC.model_copy(update={"cache_base": False}), tmp_path / "e")
     assert [edited.info["base_cache"], fewer.info["base_cache"], off.info["base_cache"]] == ["miss", "miss", "off"]
     assert roles_scored.count("gate: base") == 4
+
+
+def test_a_merged_adapter_answers_like_the_unmerged_one_and_is_unmerged_after(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path
+) -> None:
+    """eval.merge folds the adapter into the base weights while it answers: the same answers and,
+    up to float rounding, the same reference losses as PEFT's unmerged forward; afterwards no layer
+    is left merged and the base weights are back to what they were."""
+    from loraforge.models import can_merge
+
+    base = load_base(str(tiny_base_dir))
+    model = wrecking_adapter(base)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer.weight" in n}
+    uncached = SPEC.model_copy(update={"cache_base": False})
+    merged = run_gate(base, model, records(golden_file), uncached, tmp_path / "merged")
+    assert can_merge(model)  # unmerged on the way out
+    plain = run_gate(
+        base, model, records(golden_file), uncached.model_copy(update={"merge": False}), tmp_path / "plain"
+    )
+    assert [r.outputs for r in merged.rows] == [r.outputs for r in plain.rows]
+    assert any(r.outputs["adapter"] != r.outputs["base"] for r in plain.rows)  # the adapter changes answers
+    for m_row, p_row in zip(merged.rows, plain.rows, strict=True):
+        assert m_row.nll_sum["adapter"] == pytest.approx(p_row.nll_sum["adapter"], rel=1e-4)
+    for name, param in model.named_parameters():
+        if name in before:
+            torch.testing.assert_close(param.detach(), before[name], rtol=0, atol=0)  # bit for bit
+    model.merge_adapter()
+    assert not can_merge(model)  # already merged: the gate would not merge it twice
+
+
+def test_a_budget_splits_into_the_fewest_batches_of_even_size() -> None:
+    from loraforge.evaluate.scoring import _batches
+
+    cases = [Case(f"c{i}", "s", f"t:{i}", (), "r", (), max_new_tokens=48 if i < 169 else 16) for i in range(174)]
+    lengths = [(i * 37) % 101 for i in range(174)]
+    batches = _batches(cases, 32, lengths)
+    assert [(budget, len(chunk)) for budget, chunk in batches] == [(48, 28), (48, 28), (48, 28), (48, 29),
+                                                                   (48, 28), (48, 28), (16, 5)]  # fmt: skip
+    order = [i for _, chunk in batches for i in chunk]
+    assert sorted(order) == list(range(174))  # every case once
+    assert all(lengths[a] <= lengths[b] for _, chunk in batches for a, b in itertools.pairwise(chunk))

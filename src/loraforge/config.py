@@ -212,6 +212,11 @@ class EvalSpec(Section):
         "many new tokens so reports show how it began; scores are the same; null: every answer runs to "
         "max_new_tokens or its end",
     )
+    merge: bool = Field(
+        default=True,
+        description="fold each adapter into the base weights while it answers (unmerged after): the same "
+        "answers, with no LoRA matmuls per layer; a 4-bit base is never merged",
+    )
     tolerance: int = Field(
         default=0, ge=0, description="rows a slice may lose beyond noise (one row under 50 rows) before blocking"
     )

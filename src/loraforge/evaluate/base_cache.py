@@ -30,7 +30,8 @@ from loraforge.models.base import loraforge_home
 # bump when scoring changes what it returns for the same inputs;
 # 2: batches in prompt-length order, a prefix shared by a batch's prompts encoded once
 # 3: answers that can no longer pass end early (eval.give_up_after, part of the key)
-CACHE_VERSION = 3
+# 4: a budget's cases split into batches of even sizes
+CACHE_VERSION = 4
 Scored = tuple[list[str], list[tuple[float, int]]]  # answers, (summed reference NLL, token count) per case
 
 

@@ -2,7 +2,9 @@
 previously shipped adapter, decide, and write the reports.
 
 The base is never loaded twice: base answers come from the same PeftModel with its adapter
-disabled, and an `against` adapter is loaded beside the candidate as a second named adapter.
+disabled, and an `against` adapter is loaded beside the candidate as a second named adapter. The
+base answers first, so its answers come from its own weights, before any adapter is merged into them
+and back out (eval.merge).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from loraforge.evaluate.scoring import (
     score_role,
     slice_scores,
 )
-from loraforge.models import LoadedBase, read_manifest
+from loraforge.models import LoadedBase, merged_adapter, read_manifest
 
 AGAINST_NAME = "against"  # adapter name of the --against adapter inside the PeftModel
 
@@ -57,15 +59,17 @@ def gate_cases(golden: list[Record], spec: EvalSpec) -> list[Case]:
 
 
 @contextlib.contextmanager
-def as_role(model: PeftModel, role: str, candidate: str) -> Iterator[None]:
-    """Make `model` answer as the base (adapter disabled), the candidate or the against adapter."""
+def as_role(model: PeftModel, role: str, candidate: str, merge: bool = False) -> Iterator[None]:
+    """Make `model` answer as the base (adapter disabled), the candidate or the against adapter;
+    with `merge` (eval.merge) an adapter role answers with its weights folded into the base's."""
     if role == "base":
         with model.disable_adapter():
             yield
         return
     model.set_adapter(AGAINST_NAME if role == "against" else candidate)
     try:
-        yield
+        with merged_adapter(model, merge):
+            yield
     finally:
         model.set_adapter(candidate)
 
@@ -125,7 +129,7 @@ def run_gate(
             if role == "base" and spec.cache_base:
                 answers, nll, base_cache = _base_scored(base, adapter_model, cases, spec.batch_size, spec.give_up_after)
             else:
-                with as_role(adapter_model, role, candidate):
+                with as_role(adapter_model, role, candidate, merge=spec.merge):
                     answers, nll = answer_and_score(
                         adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}", spec.give_up_after
                     )

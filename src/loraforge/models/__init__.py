@@ -13,7 +13,9 @@ warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is depre
 
 from loraforge.models.adapter import (
     MANIFEST_NAME,
+    can_merge,
     load_adapter,
+    merged_adapter,
     read_manifest,
     save_adapter,
 )
@@ -27,10 +29,12 @@ __all__ = [
     "attach_lora",
     "base_fingerprint",
     "build_lora_config",
+    "can_merge",
     "linear_module_names",
     "load_adapter",
     "load_base",
     "load_tokenizer",
+    "merged_adapter",
     "read_manifest",
     "resolve_base",
     "resolve_targets",
