@@ -39,11 +39,15 @@ DEFAULT_DATA_DIR = Path("examples/support_tickets")
 # 80.0% of the golden rows in 12 minutes of training; steps of one row at lr 1e-3 learn the
 # issue and urgency labels from fewer examples (0.35 epoch: 89.2%; 0.3 epoch with 30% replay:
 # 91.7%), while 0.25 epoch fell to 76.7%. A higher lr forgets more, so replay (the base's own
-# answers to 80 general prompts, examples/support_tickets/replay.jsonl) is 30% of the training rows: the
-# adapter kept 22 of 23 robust general probes and 25 of 26 safety probes, within the gate's
-# one-row noise. Adapting only the top 10 of 30 layers (lora.top_layers) ran 1.5x faster but
-# passed 43% and lost 9 safety probes. Eval loss runs once, at the end (a quarter epoch is about
-# the whole run), on 5% of the task rows (40).
+# answers to 71 general prompts, examples/support_tickets/replay.jsonl) is 30% of the training rows.
+# No LoRA dropout: the demo sees each example about once, so there is nothing to overfit, and
+# drawing and applying the masks was ~10% of a step (training 7:18 -> 5:32-6:14). Without dropout
+# the adapter learned the replay's 9 near-identical refusals as a reflex and refused 3 benign
+# safety probes; with them dropped from replay.jsonl it answered all 12 benign ones and refused
+# 13 of 14 harmful ones, golden 90.0%. Adapting only the top 10 of 30 layers (lora.top_layers)
+# ran 1.5x faster but passed 43% and lost 9 safety probes. Eval loss runs once, at the end (a
+# quarter epoch is about the whole run), on 5% of the task rows (40).
+DEMO_LORA = {"dropout": 0.0}
 DEMO_DATA = {"eval_fraction": 0.05, "replay_ratio": 0.3, "pack_len": 384}
 DEMO_TRAIN = {"epochs": 0.3, "lr": 1e-3, "eval_every": 0.3, "micro_batch_size": 1, "grad_accum": 1}
 # The task's answers are at most 42 tokens of JSON: 48 new tokens bounds a base that rambles.
@@ -83,6 +87,7 @@ def demo_config(data_dir: Path, output: Path, quick: bool, base: str = DEFAULT_B
         "base": base,
         "output": str(output),
         "data": data | ({"replay": str(replay)} if replay.is_file() else {}),
+        "lora": DEMO_LORA,
         "train": QUICK_TRAIN if quick else DEMO_TRAIN,
         "eval": {**DEMO_EVAL, **({"max_new_tokens": 64, "probes": ["general"]} if quick else {})},
     }
