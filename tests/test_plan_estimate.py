@@ -149,3 +149,12 @@ def test_unknown_gpu_tier_exits_2_with_the_choices(
     config_path.write_text(f"base: {tiny_base_dir}\ndata:\n  train: missing.jsonl\n")
     assert main(["plan", str(config_path), "--gpu", "TPU"]) == 2
     assert "H100" in capsys.readouterr().err
+
+
+def test_more_top_layers_than_the_base_has_is_refused_as_training_refuses_it(tmp_path: Path) -> None:
+    from loraforge.errors import ConfigError
+
+    base = config_only_dir(tmp_path, LLAMA_31_8B)  # 32 decoder layers
+    assert plan_run(make_config(tmp_path, base, lora={"top_layers": 32}), get_tier("H100"), tokens=1).trainable_params
+    with pytest.raises(ConfigError, match="top_layers=33: the base has only 32 decoder layers"):
+        plan_run(make_config(tmp_path, base, lora={"top_layers": 33}), get_tier("H100"), tokens=1)

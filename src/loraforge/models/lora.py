@@ -70,7 +70,7 @@ def build_lora_config(spec: LoraSpec, target_modules: list[str], n_layers: int |
     if spec.top_layers is not None:
         if n_layers is None:
             raise ModelError("lora.top_layers needs the base's layer count")
-        layers = adapted_layers(spec, n_layers)
+        layers = adapted_layers(spec, n_layers)  # refuses more layers than the base has
     return LoraConfig(
         layers_to_transform=layers,  # PEFT matches the first numbered path segment (model.layers.<i>.)
         r=spec.r,

@@ -189,6 +189,9 @@ def flops_per_token(shape: ModelShape, trainable: int, step: StepShape) -> float
 def plan_run(config: Config, tier: Tier, tokens: int | None = None, shape: ModelShape | None = None) -> Plan:
     """Count, size, time and price the run `config` describes, on `tier`."""
     shape = shape or model_shape(config.base)
+    top = config.lora.top_layers
+    if top is not None and top > shape.layers:  # training refuses it too (models.lora.adapted_layers)
+        raise ConfigError([f"lora.top_layers={top}: the base has only {shape.layers} decoder layers"], "plan")
     by_module = trainable_by_module(shape, config.lora)
     trainable = sum(by_module.values())
     groups = target_groups(shape, config.lora.targets)
