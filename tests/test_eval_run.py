@@ -396,6 +396,9 @@ def test_a_merged_adapter_answers_like_the_unmerged_one_and_is_unmerged_after(
             torch.testing.assert_close(param.detach(), before[name], rtol=0, atol=0)  # bit for bit
     model.merge_adapter()
     assert not can_merge(model)  # already merged: the gate would not merge it twice
+    model.unmerge_adapter()
+    model.to(torch.bfloat16)
+    assert not can_merge(model)  # bf16 would round a small update away: judged unmerged
 
 
 def test_a_budget_splits_into_the_fewest_batches_of_even_size() -> None:

@@ -215,7 +215,7 @@ class EvalSpec(Section):
     merge: bool = Field(
         default=True,
         description="fold each adapter into the base weights while it answers (unmerged after): the same "
-        "answers, with no LoRA matmuls per layer; a 4-bit base is never merged",
+        "answers, with no LoRA matmuls per layer; fp32 bases only (bf16 and 4-bit would round the update away)",
     )
     tolerance: int = Field(
         default=0, ge=0, description="rows a slice may lose beyond noise (one row under 50 rows) before blocking"

@@ -68,11 +68,15 @@ def load_adapter(
 
 
 def can_merge(model: PeftModel) -> bool:
-    """True where folding the active adapter into the base weights is exact up to float rounding:
-    every LoRA layer wraps a dense nn.Linear (a 4-bit QLoRA base would be re-quantized) and
-    nothing is merged yet."""
+    """True where folding the active adapter into the base weights changes nothing but fp32
+    rounding: every LoRA layer wraps a dense fp32 nn.Linear and nothing is merged yet. A 4-bit
+    (QLoRA) base would be re-quantized; in bf16, W + s*B@A keeps 8 bits of mantissa, so a small
+    update is partly rounded away, and the gate must judge the adapter that will be served."""
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    return bool(layers) and all(type(m.get_base_layer()) is nn.Linear and not m.merged for m in layers)
+    return bool(layers) and all(
+        type(base := m.get_base_layer()) is nn.Linear and base.weight.dtype == torch.float32 and not m.merged
+        for m in layers
+    )
 
 
 @contextlib.contextmanager
