@@ -42,6 +42,8 @@ DEFAULT_MAX_ROW_CHARS = 200_000  # a row longer than this is a data bug (a dumpe
 DEFAULT_MAX_NEW_TOKENS = 256  # enough for a structured answer; the gate is greedy and batched
 DEFAULT_LORAPLUS_RATIO = 16.0  # LoRA+ paper: B learns 16x faster than A
 DEFAULT_GIVE_UP_AFTER = 16  # a base rambling to max_new_tokens on every golden row was most of its gate half
+DISTILL_MAX_NEW_TOKENS = 192  # `loraforge distill`: long enough for a paragraph; longer answers are dropped
+DISTILL_BATCH = 8  # `loraforge distill`: prompts generated together
 DEFAULT_EVAL_BATCH = 32  # greedy decoding is memory-bound: 32 rows cost ~1.2x one batch of 8 on CPU, so ~2.5x faster
 
 

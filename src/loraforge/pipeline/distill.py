@@ -22,16 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loraforge.config import DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
 from loraforge.data.records import ROLES
 from loraforge.errors import DataError
 from loraforge.evaluate.checks import CHECK_TYPES, check_problems, run_checks
 from loraforge.files import write_text_atomic
 
-if TYPE_CHECKING:  # torch stays out of `loraforge --help`, which reads the defaults below
+if TYPE_CHECKING:  # torch stays out of `loraforge --help` (tests/test_cli.py)
     from loraforge.models import LoadedBase
 
-DISTILL_MAX_NEW_TOKENS = 192  # long enough for a paragraph; longer answers are dropped as unfinished
-DISTILL_BATCH = 8
 NEEDS_REFERENCE = ("exact", "json_fields")  # checks that compare with a reference answer
 
 
