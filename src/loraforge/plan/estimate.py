@@ -16,6 +16,7 @@ from typing import Any
 from loraforge.config import Config
 from loraforge.errors import ConfigError
 from loraforge.models.base import fast_bf16_available
+from loraforge.models.lora import top_layers_problem
 from loraforge.plan.hardware import Tier
 from loraforge.plan.memory import ADAPTER_BYTES, Precision, StepShape, dynamic_bytes, memory_breakdown, static_bytes
 from loraforge.plan.recommend import Recommendation, gpus_needed, recommend
@@ -189,9 +190,9 @@ def flops_per_token(shape: ModelShape, trainable: int, step: StepShape) -> float
 def plan_run(config: Config, tier: Tier, tokens: int | None = None, shape: ModelShape | None = None) -> Plan:
     """Count, size, time and price the run `config` describes, on `tier`."""
     shape = shape or model_shape(config.base)
-    top = config.lora.top_layers
-    if top is not None and top > shape.layers:  # training refuses it too (models.lora.adapted_layers)
-        raise ConfigError([f"lora.top_layers={top}: the base has only {shape.layers} decoder layers"], "plan")
+    problem = top_layers_problem(config.lora.top_layers, shape.layers)
+    if problem:
+        raise ConfigError([problem], "plan")
     by_module = trainable_by_module(shape, config.lora)
     trainable = sum(by_module.values())
     groups = target_groups(shape, config.lora.targets)

@@ -52,7 +52,7 @@ class StepShape:
 
     def backward_layers(self, shape: ModelShape) -> int:
         """Layers that backward runs through: the adapted ones; below them nothing needs a gradient."""
-        return shape.layers if self.top_layers is None else min(self.top_layers, shape.layers)
+        return shape.layers if self.top_layers is None else self.top_layers  # plan_run refuses more
 
 
 def weight_bytes(shape: ModelShape, precision: Precision) -> int:
