@@ -14,6 +14,7 @@ from loraforge.errors import DataError
 from loraforge.models import LoadedBase, load_base
 from loraforge.models.generate import generate_chat_finished
 from loraforge.pipeline.distill import distill, read_prompts
+from loraforge.pipeline.replay import BUILTIN_DIR, PROMPTS
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "support_tickets"
 PROBES = Path(__file__).parents[1] / "src" / "loraforge" / "evaluate" / "probes"
@@ -114,7 +115,7 @@ def test_distill_command_writes_training_rows_and_rejects_bad_files(tiny_base_di
 
 
 def test_bundled_replay_rows_are_training_rows_disjoint_from_probes_and_golden() -> None:
-    replay = read_records(EXAMPLES / "replay.jsonl", max_row_chars=200_000)
+    replay = read_records(BUILTIN_DIR / "smollm2-135m-instruct.jsonl", max_row_chars=200_000)
     assert len(replay.records) >= 50 and not replay.problems
     asked = {r.messages[0]["content"].strip().lower() for r in replay.records}
     tested = set()
@@ -122,5 +123,5 @@ def test_bundled_replay_rows_are_training_rows_disjoint_from_probes_and_golden()
         for line in path.read_text(encoding="utf-8").splitlines():
             tested |= {m["content"].strip().lower() for m in json.loads(line)["messages"] if m["role"] == "user"}
     assert not asked & tested
-    prompts = {p.id for p in read_prompts(EXAMPLES / "replay_prompts.jsonl")}
+    prompts = {p.id for p in read_prompts(PROMPTS)}
     assert {r.id for r in replay.records} <= prompts

@@ -149,6 +149,6 @@ def test_replay_kl_without_replay_rows_left_is_refused(tiny_base_dir: Path, tmp_
     with pytest.raises(TrainError, match=r"train.replay_kl is set but no row of data.replay"):
         build_batch_plan(config, data, base, accelerator)
     data.train[0] = replace(data.train[0], replay=True)
-    plan = build_batch_plan(config, data, base, accelerator)
+    plan, _ = build_batch_plan(config, data, base, accelerator)
     assert any("anchor" in plan.train_batch(i) for i in range(plan.micro_batches_per_epoch))
     assert not any("anchor" in batch for batch in plan.eval_batches())  # eval loss measures the task only

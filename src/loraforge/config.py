@@ -29,11 +29,13 @@ DEFAULT_WEIGHT_DECAY = 0.0  # decay pulls LoRA B to zero, i.e. back to the base;
 DEFAULT_EPOCHS = 2.0  # 1 underfits small sets, 3+ memorises them; eval loss picks the best step
 DEFAULT_EVAL_EVERY = 0.25  # a quarter epoch: enough points to catch the best step cheaply
 DEFAULT_SEED = 0  # fixed seed: same config and data give the same adapter bytes
-DEFAULT_MICRO_BATCH = 4  # packed rows per forward; fits a 135M-8B base at seq 512-2048
-DEFAULT_GRAD_ACCUM = 4  # 16 packed rows per optimizer step: steady gradients, enough steps
+DEFAULT_MICRO_BATCH = 4  # packed rows per forward at most; fits a 135M-8B base at seq 512-2048
+DEFAULT_GRAD_ACCUM: Literal["auto"] = "auto"  # steps sized to the data (loraforge.batching): small sets need steps
 DEFAULT_MAX_GRAD_NORM = 1.0  # clips the rare spike from a long or odd batch
 DEFAULT_EARLY_STOPPING_PATIENCE = 3  # three evals (3/4 epoch) without gain means it has peaked
 DEFAULT_KEEP_CHECKPOINTS = 2  # the newest two for resume, plus the best, bounds disk use
+DEFAULT_REPLAY: Literal["builtin"] = "builtin"  # a narrow task alone wipes out general and safety answers
+DEFAULT_REPLAY_RATIO = 0.2  # a fifth of the rows from the base itself kept the probes on every task tried
 DEFAULT_EVAL_FRACTION = 0.1  # 10% held out when no eval file is given
 DEFAULT_NEAR_DUP_THRESHOLD = 0.85  # Jaccard on word 5-grams: catches reworded copies, not topics
 DEFAULT_MAX_ROW_CHARS = 200_000  # a row longer than this is a data bug (a dumped file), not a sample
@@ -63,17 +65,18 @@ class DataSpec(Section):
     eval: Path | None = Field(
         default=None, description="held-out jsonl for eval loss; when absent, eval_fraction of train is held out"
     )
-    replay: Path | None = Field(
-        default=None,
-        description="rows mixed into every epoch to keep general skills (see `loraforge distill`); "
-        "cleaned and leak-checked like train rows, never held out",
+    replay: Literal["builtin"] | Path | None = Field(
+        default=DEFAULT_REPLAY,
+        description="rows mixed into every epoch to keep general skills: builtin (the base's own answers to "
+        "151 bundled general and safety prompts, disjoint from the gate's probes), a jsonl file (see "
+        "`loraforge distill`), or null for none; cleaned and leak-checked like train rows, never held out",
     )
     replay_ratio: float | None = Field(
-        default=None,
+        default=DEFAULT_REPLAY_RATIO,
         gt=0,
         lt=1,
         description="share of training rows drawn from data.replay (its rows repeated in a seeded order "
-        "to reach it); unset: each replay row once",
+        "to reach it); null: each replay row once",
     )
     eval_fraction: float = Field(
         default=DEFAULT_EVAL_FRACTION, gt=0, lt=1, description="share of train held out for eval loss (at least 1 row)"
@@ -164,8 +167,14 @@ class TrainSpec(Section):
     )
     warmup_ratio: float = Field(default=DEFAULT_WARMUP_RATIO, ge=0, lt=1, description="share of steps spent warming up")
     weight_decay: float = Field(default=DEFAULT_WEIGHT_DECAY, ge=0, description="AdamW weight decay on adapter weights")
-    micro_batch_size: int = Field(default=DEFAULT_MICRO_BATCH, gt=0, description="sequences per forward pass")
-    grad_accum: int = Field(default=DEFAULT_GRAD_ACCUM, gt=0, description="micro-batches per optimizer step")
+    micro_batch_size: int = Field(
+        default=DEFAULT_MICRO_BATCH, gt=0, description="sequences per forward pass (fewer when auto steps need fewer)"
+    )
+    grad_accum: int | Literal["auto"] = Field(
+        default=DEFAULT_GRAD_ACCUM,
+        description="micro-batches per optimizer step; auto: about 50 steps an epoch, 8 to 128 examples a step "
+        "(packed rows count their examples), so a few hundred rows still get enough updates",
+    )
     max_grad_norm: float = Field(default=DEFAULT_MAX_GRAD_NORM, gt=0, description="gradient clipping norm")
     seed: int = Field(default=DEFAULT_SEED, ge=0, description="seeds data split, order, init and dropout")
     eval_every: float = Field(default=DEFAULT_EVAL_EVERY, gt=0, description="eval loss every this many epochs")
@@ -198,6 +207,13 @@ class TrainSpec(Section):
     log_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list, description="extra metric writers besides metrics.jsonl"
     )
+
+    @field_validator("grad_accum")
+    @classmethod
+    def _positive_accum(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'auto' or an integer >= 1")
+        return value
 
 
 class EvalSpec(Section):
@@ -327,7 +343,7 @@ def _cross_section_problems(raw: dict[str, Any]) -> list[str]:
     if train.get("replay_kl") is None:
         return []
     problems = []
-    if data.get("replay") is None:
+    if "replay" in data and data["replay"] is None:
         problems.append(
             "train.replay_kl: anchors replay rows to the base, but data.replay is not set; "
             "set data.replay (rows from `loraforge distill`) or remove train.replay_kl"
@@ -352,7 +368,7 @@ def _missing_files(raw: dict[str, Any]) -> list[str]:
     problems = []
     for key in ("train", "golden", "eval", "replay", "template"):
         path = data.get(key)
-        if isinstance(path, str | Path) and not Path(path).is_file():
+        if isinstance(path, str | Path) and path != "builtin" and not Path(path).is_file():
             problems.append(f"data.{key}: file not found: {path} (paths are relative to where you run loraforge)")
     return problems
 

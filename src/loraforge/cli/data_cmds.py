@@ -38,11 +38,12 @@ def prepare(
     from loraforge.data import prepare_data, render_marked
     from loraforge.models import load_tokenizer
     from loraforge.models.base import loraforge_home
+    from loraforge.pipeline.replay import resolve_replay
 
     config = load(config_path, overrides)
     tokenizer = load_tokenizer(config.base)
     data = prepare_data(
-        config.data,
+        resolve_replay(config.data, config.base, tokenizer, progress=True),
         tokenizer,
         seed=config.train.seed,
         context_length=_context_length(config.base),

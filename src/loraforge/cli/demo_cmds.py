@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
+from loraforge.cli.common import SET_OPTION
 from loraforge.cli.render import data_summary, report_gate, train_table
 from loraforge.config import DEFAULT_BASE
 from loraforge.errors import GateBlocked
@@ -25,11 +26,12 @@ def demo(
     data_dir: Path = typer.Option(Path("examples/support_tickets"), help="Folder with train.jsonl and golden.jsonl."),
     output: Path = typer.Option(Path("runs/demo"), help="Run directory."),
     quick: bool = typer.Option(False, help="A small slice and a few steps (under 3 minutes): shows the path only."),
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Take the embedded base from the bundled corpus to a gated adapter, and show each step."""
     from loraforge.pipeline.demo import demo_config, run_demo
 
-    config = demo_config(data_dir, output, quick, base)
+    config = demo_config(data_dir, output, quick, base, overrides)
     result = run_demo(config, _show)
     if result.gate is not None and not result.gate.passed:
         raise GateBlocked("the gate blocked the demo adapter:\n" + "\n".join(f"  - {r}" for r in result.gate.reasons))

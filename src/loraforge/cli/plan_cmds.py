@@ -144,6 +144,13 @@ def _render(doc: dict[str, Any]) -> None:
     memory.add_row("(activations, checkpointing off / on)", f"{ckpt['off'] / GIB:,.2f} / {ckpt['on'] / GIB:,.2f}")
     memory.add_row("usable on the device", f"{hw['usable_bytes'] / GIB:,.2f}")
     console.print(memory)
+    if doc["optimizer_steps"] is not None:
+        console.print(
+            f"steps: {doc['optimizer_steps']:,} optimizer steps over {doc['epochs']:g} epochs, "
+            f"{doc['examples_per_step']:g} examples a step ({doc['micro_batch_size']} rows x {doc['grad_accum']} "
+            "micro-batches; train.grad_accum=auto sizes steps to the data)",
+            highlight=False,
+        )
     verdict = "[green]fits[/]" if doc["fits"] else "[red]does not fit[/]"
     console.print(f"{verdict}; largest micro-batch that fits: {doc['max_micro_batch']}", highlight=False)
     if doc["hours"] is None:

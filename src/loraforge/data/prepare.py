@@ -194,6 +194,11 @@ def prepare_data(
 
 
 def _named_paths(spec: DataSpec) -> dict[str, Path | None]:
+    if spec.replay == "builtin":
+        raise DataError(
+            "prepare_data(spec=...): data.replay=builtin names no file yet; resolve it first with "
+            "loraforge.pipeline.replay.resolve_replay (the CLI, training and the demo do)"
+        )
     return {"train": spec.train, "eval": spec.eval, "golden": spec.golden, "replay": spec.replay}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from loraforge.config import DEFAULT_BASE, Config, validate_config
+from loraforge.config import DEFAULT_BASE, Config, apply_overrides, validate_config
 from loraforge.data import prepare_data
 from loraforge.data.types import PreparedData
 from loraforge.errors import ConfigError, ResumeRefused
@@ -26,6 +26,7 @@ from loraforge.files import write_text_atomic
 from loraforge.models import load_base, load_tokenizer
 from loraforge.models.base import fast_bf16_available, loraforge_home
 from loraforge.models.card import BaseCard, base_card
+from loraforge.pipeline.replay import resolve_replay
 from loraforge.pipeline.run import RunOutcome, train_and_gate
 from loraforge.train.checkpoint import complete_checkpoints
 
@@ -39,7 +40,7 @@ DEFAULT_DATA_DIR = Path("examples/support_tickets")
 # 80.0% of the golden rows in 12 minutes of training; steps of one row at lr 1e-3 learn the
 # issue and urgency labels from fewer examples (0.35 epoch: 89.2%; 0.3 epoch with 30% replay:
 # 91.7%), while 0.25 epoch fell to 76.7%. A higher lr forgets more, so replay (the base's own
-# answers to 71 general prompts, examples/support_tickets/replay.jsonl) is 30% of the training rows.
+# answers to 71 general prompts, data.replay=builtin) is 30% of the training rows.
 # No LoRA dropout: the demo sees each example about once, so there is nothing to overfit, and
 # drawing and applying the masks was ~10% of a step (training 7:18 -> 5:32-6:14). Without dropout
 # the adapter learned the replay's 9 near-identical refusals as a reflex and refused 3 benign
@@ -53,7 +54,7 @@ DEMO_TRAIN = {"epochs": 0.3, "lr": 1e-3, "eval_every": 0.3, "micro_batch_size": 
 # The task's answers are at most 42 tokens of JSON: 48 new tokens bounds a base that rambles.
 DEMO_EVAL = {"max_new_tokens": 48}
 # --quick (the slow test set): a slice of the data, a few steps; shows the path, not the quality.
-QUICK_ROWS = {"train": 96, "golden": 16, "replay": 16}
+QUICK_ROWS = {"train": 96, "golden": 16}
 QUICK_TRAIN = {"epochs": 1.0, "max_steps": 8, "eval_every": 0.5, "micro_batch_size": 2, "grad_accum": 1}
 
 Show = Callable[[str, Any], None]
@@ -71,27 +72,27 @@ class DemoResult:
         return self.outcome.gate
 
 
-def demo_config(data_dir: Path, output: Path, quick: bool, base: str = DEFAULT_BASE) -> Config:
+def demo_config(
+    data_dir: Path, output: Path, quick: bool, base: str = DEFAULT_BASE, overrides: list[str] | None = None
+) -> Config:
+    """The demo's config; `overrides` are `--set key.path=value` texts, applied last (e.g. train.seed=1)."""
     train, golden = data_dir / "train.jsonl", data_dir / "golden.jsonl"
     if not train.is_file() or not golden.is_file():
         raise ConfigError(
             [f"{data_dir}: needs train.jsonl and golden.jsonl; run from the repository root or pass --data-dir"], "demo"
         )
-    replay = data_dir / "replay.jsonl"
     if quick:
         train = _head(train, output / "data" / "train.jsonl", QUICK_ROWS["train"])
         golden = _head(golden, output / "data" / "golden.jsonl", QUICK_ROWS["golden"])
-        replay = _head(replay, output / "data" / "replay.jsonl", QUICK_ROWS["replay"]) if replay.is_file() else replay
-    data = {"train": str(train), "golden": str(golden), **DEMO_DATA}
     raw = {
         "base": base,
         "output": str(output),
-        "data": data | ({"replay": str(replay)} if replay.is_file() else {}),
+        "data": {"train": str(train), "golden": str(golden), **DEMO_DATA},
         "lora": DEMO_LORA,
         "train": QUICK_TRAIN if quick else DEMO_TRAIN,
         "eval": {**DEMO_EVAL, **({"max_new_tokens": 64, "probes": ["general"]} if quick else {})},
     }
-    return validate_config(raw, source="demo")
+    return validate_config(apply_overrides(raw, overrides or []), source="demo")
 
 
 def _head(source: Path, dest: Path, rows: int) -> Path:
@@ -172,7 +173,7 @@ def train_again_or_afresh(config: Config, show: Show, prepare: Callable[[], Prep
 def step_prepare(config: Config, tokenizer: PreTrainedTokenizerBase, context_length: int) -> PreparedData:
     """The data stage alone, for its report; `train` finds the result in the cache."""
     return prepare_data(
-        config.data,
+        resolve_replay(config.data, config.base, tokenizer, progress=True),
         tokenizer,
         seed=config.train.seed,
         context_length=context_length,  # as train computes it, so train hits the cache

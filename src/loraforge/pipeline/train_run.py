@@ -17,15 +17,18 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
+from tqdm.auto import tqdm
 from transformers import set_seed
 
-from loraforge.config import Config
+from loraforge.batching import StepSize, step_size
+from loraforge.config import Config, TrainSpec
 from loraforge.config_text import render_yaml, to_plain
 from loraforge.data import PreparedData, collate_packed, collate_padded, pack_rows, prepare_data
 from loraforge.errors import TrainError
 from loraforge.files import write_text_atomic
 from loraforge.models import LoadedBase, attach_lora, load_base
 from loraforge.models.base import loraforge_home
+from loraforge.pipeline.replay import resolve_replay
 from loraforge.train import (
     BatchPlan,
     TrainResult,
@@ -56,7 +59,7 @@ def run_training(config: Config, *, resume: bool = False, accelerator: Accelerat
     base = load_train_base(config, accelerator.device)
     with accelerator.main_process_first():  # the main process fills the data cache; the others read it
         data = prepare_data(
-            config.data,
+            resolve_replay(config.data, config.base, base.tokenizer, progress=accelerator.is_main_process),
             base.tokenizer,
             seed=config.train.seed,
             context_length=int(getattr(base.model.config, "max_position_embeddings", 2048)),
@@ -64,7 +67,10 @@ def run_training(config: Config, *, resume: bool = False, accelerator: Accelerat
             cache_dir=loraforge_home() / "cache" / "data",
             progress=accelerator.is_main_process,
         )
-    batches = build_batch_plan(config, data, base, accelerator)
+    batches, step = build_batch_plan(config, data, base, accelerator)
+    spec = config.train.model_copy(update={"micro_batch_size": step.micro_batch_size, "grad_accum": step.grad_accum})
+    if accelerator.is_main_process:
+        tqdm.write(describe_step(step, len(batches.train_rows), config.train, accelerator.num_processes))
     set_seed(config.train.seed)  # LoRA init and dropout; same seed, same adapter bytes
     model = attach_lora(base.model, config.lora)
     initial_dir = _save_pissa_init(model, config, accelerator)
@@ -73,14 +79,14 @@ def run_training(config: Config, *, resume: bool = False, accelerator: Accelerat
     result = train(
         model,
         batches,
-        config.train,
+        spec,
         out_dir,
         identity=run_identity(config, base.fingerprint, data),
         resume=resume,
         loraplus_lr_ratio=config.lora.loraplus_lr_ratio if config.lora.variant == "loraplus" else None,
         accelerator=accelerator,
     )
-    manifest = build_manifest(config, base, data, result)
+    manifest = build_manifest(config, base, data, result, step)
     adapter_dir = out_dir / "adapter"
     if accelerator.is_main_process:
         export_adapter(model, adapter_dir, manifest, initial_dir)
@@ -97,8 +103,11 @@ def load_train_base(config: Config, device: torch.device) -> LoadedBase:
     return load_base(config.base, dtype=dtype, device=device, quantization_config=quantization)
 
 
-def build_batch_plan(config: Config, data: PreparedData, base: LoadedBase, accelerator: Accelerator) -> BatchPlan:
-    """Packed rows (or one example per row) with the data stage's collate, sharded by process.
+def build_batch_plan(
+    config: Config, data: PreparedData, base: LoadedBase, accelerator: Accelerator
+) -> tuple[BatchPlan, StepSize]:
+    """Packed rows (or one example per row) with the data stage's collate, sharded by process, and
+    the step size for them (train.grad_accum=auto sizes it to the data: loraforge.batching).
 
     With train.replay_kl the collate marks the replay rows' loss tokens (`anchor`); eval rows are
     never replay rows, so eval loss keeps measuring the task alone.
@@ -117,14 +126,30 @@ def build_batch_plan(config: Config, data: PreparedData, base: LoadedBase, accel
     else:
         train_rows, eval_rows = list(data.train), list(data.eval)
         collate = partial(collate_padded, pad_token_id=pad_id, anchor=anchor)
-    return BatchPlan(
+    world = accelerator.num_processes
+    step = step_size(len(data.train), len(train_rows), config.train.micro_batch_size, config.train.grad_accum, world)
+    plan = BatchPlan(
         train_rows,
         eval_rows,
         collate,
-        micro_batch_size=config.train.micro_batch_size,
+        micro_batch_size=step.micro_batch_size,
         seed=config.train.seed,
-        world_size=accelerator.num_processes,
+        world_size=world,
         rank=accelerator.process_index,
+    )
+    return plan, step
+
+
+def describe_step(step: StepSize, rows: int, spec: TrainSpec, processes: int = 1) -> str:
+    """The line training starts with: how big a step is and how many there are."""
+    steps = step.steps(rows, spec.epochs, processes)
+    if spec.max_steps is not None:
+        steps = min(steps, spec.max_steps)
+    chosen = "train.grad_accum=auto" if step.rule == "auto" else f"train.grad_accum={step.grad_accum}"
+    return (
+        f"{steps} optimizer steps over {spec.epochs:g} epochs, {step.examples_per_step:.1f} examples a step = "
+        f"{step.micro_batch_size} rows a forward x {step.grad_accum} forwards x {processes} processes x "
+        f"{step.examples_per_row:.2f} examples a row ({chosen})"
     )
 
 
@@ -164,7 +189,9 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def build_manifest(config: Config, base: LoadedBase, data: PreparedData, result: TrainResult) -> dict[str, Any]:
+def build_manifest(
+    config: Config, base: LoadedBase, data: PreparedData, result: TrainResult, step: StepSize
+) -> dict[str, Any]:
     report_hashes = {k: v for k, v in data.report.items() if k.endswith("_sha256") and v}
     return {
         "base": {"spec": config.base, "fingerprint": base.fingerprint, "dtype": str(base.dtype).removeprefix("torch.")},
@@ -180,6 +207,9 @@ def build_manifest(config: Config, base: LoadedBase, data: PreparedData, result:
             "final_step": result.final_step,
             "total_steps": result.total_steps,
             "stop_reason": result.stop_reason,
+            "micro_batch_size": step.micro_batch_size,
+            "grad_accum": step.grad_accum,
+            "examples_per_step": round(step.examples_per_step, 2),
         },
         "eval": None,  # filled by the eval gate
     }

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from loraforge.batching import StepSize, step_size
 from loraforge.config import Config
 from loraforge.errors import ConfigError
 from loraforge.models.base import fast_bf16_available
@@ -35,6 +36,7 @@ class DataFacts:
 
     tokens: int | None  # training tokens in one epoch
     examples: int | None
+    rows: int | None  # training rows (packed sequences, or examples without packing)
     seq_len: int
     loss_fraction: float
     packing_efficiency: float
@@ -63,6 +65,9 @@ class Plan:
     hours: float | None
     cost_usd: float | None
     recommendation: Recommendation
+    steps: StepSize | None = None  # None: the example count is unknown
+    optimizer_steps: int | None = None
+    epochs: float = 0.0
     assumptions: list[str] = field(default_factory=list)
 
     @property
@@ -82,6 +87,10 @@ class Plan:
             "adapter_bytes": self.adapter_bytes,
             "precision": self.precision,
             "micro_batch_size": self.step.micro_batch_size,
+            "grad_accum": self.steps.grad_accum if self.steps else None,
+            "examples_per_step": round(self.steps.examples_per_step, 2) if self.steps else None,
+            "optimizer_steps": self.optimizer_steps,
+            "epochs": self.epochs,
             "seq_len": self.step.seq_len,
             "gradient_checkpointing": self.step.gradient_checkpointing,
             "memory": self.memory,
@@ -109,6 +118,7 @@ def read_data_facts(config: Config, shape: ModelShape, tokens_override: int | No
     report = _read_report(config.output / REPORT_NAME)
     tokens: int | None = None
     examples: int | None = None
+    rows: int | None = None
     loss_fraction = ASSUMED_LOSS_FRACTION
     packing_efficiency = 1.0
     if report is not None:
@@ -123,6 +133,7 @@ def read_data_facts(config: Config, shape: ModelShape, tokens_override: int | No
         if tokens and counts.get("train_loss") is not None:
             loss_fraction = max(min(int(counts["train_loss"]) / tokens, 1.0), 1e-6)
         examples = int(report.get("split", {}).get("train", 0)) or None
+        rows = int(packed.get("rows", 0)) or examples
         packing_efficiency = float(report.get("packing_efficiency") or 1.0)
     else:
         notes.append(f"no {config.output / REPORT_NAME}: run `loraforge prepare` for measured token counts")
@@ -143,7 +154,19 @@ def read_data_facts(config: Config, shape: ModelShape, tokens_override: int | No
         tokens = _tokens_from_file_size(config.data.train)
         if tokens is not None:
             notes.append(f"tokens guessed from {config.data.train} size at {CHARS_PER_TOKEN} bytes a token")
-    return DataFacts(tokens, examples, seq_len, loss_fraction, packing_efficiency, tuple(notes))
+    if examples is None and config.data.train.is_file():
+        examples = _examples_from_lines(config)
+        rows = examples
+        notes.append(f"{examples:,} training examples counted from {config.data.train}'s lines, one a row")
+    return DataFacts(tokens, examples, rows, seq_len, loss_fraction, packing_efficiency, tuple(notes))
+
+
+def _examples_from_lines(config: Config) -> int:
+    """Non-empty lines of data.train, less the held-out share when no data.eval is given."""
+    with config.data.train.open("rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    held_out = 0 if config.data.eval is not None else max(1, round(lines * config.data.eval_fraction))
+    return max(lines - held_out, 1)
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:
@@ -211,11 +234,15 @@ def plan_run(config: Config, tier: Tier, tokens: int | None = None, shape: Model
         variant=config.lora.variant,
         top_layers=config.lora.top_layers,
     )
+    steps = None
+    if data.examples is not None and data.rows is not None:
+        steps = step_size(data.examples, data.rows, config.train.micro_batch_size, config.train.grad_accum)
+        step = replace(step, micro_batch_size=steps.micro_batch_size)
     gpus = gpus_needed(shape, groups, trainable, step, tier)
     memory = _per_gpu(memory_breakdown(shape, groups, trainable, step), gpus)
     fits = memory["total"] <= tier.usable_bytes
     per_token = flops_per_token(shape, trainable, step)
-    processed = _processed_tokens(config, data, step)
+    processed = _processed_tokens(config, data, step, steps)
     total_flops = per_token * processed if processed is not None else None
     hours = None if total_flops is None else total_flops / (tier.peak_tflops * 1e12 * tier.utilisation * gpus) / 3600
     return Plan(
@@ -244,6 +271,9 @@ def plan_run(config: Config, tier: Tier, tokens: int | None = None, shape: Model
         hours=hours,
         cost_usd=None if hours is None else hours * gpus * tier.usd_per_hour,
         recommendation=recommend(config, shape, groups, trainable, step, data.examples),
+        steps=steps,
+        optimizer_steps=_optimizer_steps(config, data, steps),
+        epochs=config.train.epochs,
         assumptions=list(data.assumptions),
     )
 
@@ -270,12 +300,19 @@ def _max_micro_batch(
     return best
 
 
-def _processed_tokens(config: Config, data: DataFacts, step: StepShape) -> float | None:
+def _optimizer_steps(config: Config, data: DataFacts, steps: StepSize | None) -> int | None:
+    if steps is None or data.rows is None:
+        return None
+    total = steps.steps(data.rows, config.train.epochs)
+    return total if config.train.max_steps is None else min(total, config.train.max_steps)
+
+
+def _processed_tokens(config: Config, data: DataFacts, step: StepShape, steps: StepSize | None) -> float | None:
     """Tokens the GPU computes on: epochs over the data, padding included, capped by max_steps."""
     if data.tokens is None:
         return None
     processed = data.tokens * config.train.epochs / max(data.packing_efficiency, 1e-6)
-    if config.train.max_steps is not None:
-        cap = config.train.max_steps * step.micro_batch_size * config.train.grad_accum * step.seq_len
+    if config.train.max_steps is not None and steps is not None:
+        cap = config.train.max_steps * steps.rows_per_step * step.seq_len
         processed = min(processed, cap)
     return math.ceil(processed)

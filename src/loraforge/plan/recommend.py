@@ -70,8 +70,9 @@ def recommend(
             chosen = Recommendation(config.lora.variant, label, [f"peak {_gib(peak)} fits {_gib(tier.usable_bytes)}"])
             break
         if peak_bytes(shape, groups, trainable, relaxed) <= tier.usable_bytes:
-            keys: dict[str, Any] = {"train.micro_batch_size": 1, "train.gradient_checkpointing": True,
-                    "train.grad_accum": config.train.grad_accum * config.train.micro_batch_size}  # fmt: skip
+            keys: dict[str, Any] = {"train.micro_batch_size": 1, "train.gradient_checkpointing": True}
+            if isinstance(config.train.grad_accum, int):  # auto keeps the examples a step by itself
+                keys["train.grad_accum"] = config.train.grad_accum * config.train.micro_batch_size
             reason = f"fits {_gib(tier.usable_bytes)} at micro-batch 1 with gradient checkpointing (same rows per step)"
             chosen = Recommendation(config.lora.variant, label, [reason], keys)
             break

@@ -86,13 +86,23 @@ class TrainResult:
         return self.out_dir / "loss.png"
 
 
+def grad_accum(spec: TrainSpec) -> int:
+    """Micro-batches per step; "auto" is resolved from the data before the loop (pipeline.train_run)."""
+    if not isinstance(spec.grad_accum, int):
+        raise TrainError(
+            "train(spec=...): spec.grad_accum is 'auto'; resolve it with loraforge.batching.step_size and pass "
+            "spec.model_copy(update={'grad_accum': ..., 'micro_batch_size': ...})"
+        )
+    return spec.grad_accum
+
+
 def plan_steps(batches: BatchPlan, spec: TrainSpec) -> StepPlan:
     per_epoch = batches.micro_batches_per_epoch
     total_micro = max(1, round(spec.epochs * per_epoch))
-    total_steps = math.ceil(total_micro / spec.grad_accum)
+    total_steps = math.ceil(total_micro / grad_accum(spec))
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
-    steps_per_epoch = per_epoch / spec.grad_accum
+    steps_per_epoch = per_epoch / grad_accum(spec)
     eval_every = max(1, round(spec.eval_every * steps_per_epoch))
     save_every = eval_every if spec.save_every is None else max(1, round(spec.save_every * steps_per_epoch))
     return StepPlan(per_epoch, total_micro, total_steps, eval_every, save_every)
@@ -156,7 +166,7 @@ def train(
         _guard(loss, grad_norm, state.step + 1, spec)
         run.scheduler.step()
         state.step += 1
-        state.micro_index = min(state.step * spec.grad_accum, plan.total_micro_batches)
+        state.micro_index = min(state.step * grad_accum(spec), plan.total_micro_batches)
         state.epoch = plan.epoch_at(state.micro_index)
         run.seconds += time.perf_counter() - started
         run.tokens_seen += n_tokens
@@ -212,8 +222,8 @@ def _optimizer_step(run: _Run, state: LoopState) -> tuple[float, float, int, flo
     """Accumulate over the step's micro-batches; return (mean token loss, grad norm, tokens seen, mean
     replay KL per anchored token, None when train.replay_kl is off or the step had no anchored token)."""
     accelerator, spec = run.accelerator, run.spec
-    first = state.step * spec.grad_accum
-    last = min(first + spec.grad_accum, run.plan.total_micro_batches)
+    first = state.step * grad_accum(spec)
+    last = min(first + grad_accum(spec), run.plan.total_micro_batches)
     micro = run.batches.step_batches(first, last)
     counts = torch.tensor(
         [sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro), _n_anchored(micro)]
