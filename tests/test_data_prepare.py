@@ -205,6 +205,8 @@ def test_names_are_redacted_only_with_a_local_ner_model(tmp_path: Path, tokenize
     spec = DataSpec(train=_write(tmp_path / "t.jsonl", rows), pii_ner_model=tmp_path / "ner")
     data = _prepare(spec, tokenizer)
     assert data.report["pii"]["counts"] == {"PERSON": 1}
+    named = [tokenizer.decode(ex.input_ids) for ex in data.train + data.eval if ex.line == 1]
+    assert "Karen Rossi" not in named[0] and "regards, <PERSON>" in named[0]
     with pytest.raises(DataError, match="not a spaCy model directory"):
         _prepare(DataSpec(train=spec.train, pii_ner_model=tmp_path / "missing"), tokenizer)
 

@@ -240,7 +240,9 @@ def _prepare_fresh(
         stage.replay_rows, stage.replay_distinct = len(mixed), len(replay.kept)
         train_records = train_records + mixed
     pii = _pii(train_records + eval_records, spec, scanner)
-    train_records, eval_records = pii.records[: len(train_records)], pii.records[len(train_records) :]
+    n_train = len(train_records)
+    train_records, eval_records = pii.kept(0, n_train), pii.kept(n_train, len(pii.records))
+    stage.dropped.update({"pii_dependent": len(pii.dropped)} if pii.dropped else {})
     train_full = _tokenize_all(train_records, tokenizer, spec, template, "tokenize train", progress)
     eval_full = _tokenize_all(eval_records, tokenizer, spec, template, "tokenize eval", progress)
     lengths = [len(ex.input_ids) for ex in train_full]
@@ -317,7 +319,10 @@ def build_report(
             "ner": spec.pii_ner_model is not None,
             "rows_with_pii": pii.rows_with_pii,
             "counts": pii.counts,
+            "rows_by_recognizer": pii.rows_by_recognizer,
             "examples": pii.examples,
+            "dropped_dependent": len(pii.dropped),
+            "dropped_examples": pii.dropped_examples,
         },
         "train_sha256": read["train"].sha256,
         "eval_sha256": read["eval"].sha256 if "eval" in read else None,
