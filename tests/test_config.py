@@ -99,8 +99,9 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 
 def test_replay_kl_needs_replay_rows_and_a_positive_weight() -> None:
     with pytest.raises(ConfigError) as info:
-        validate_config({"data": {"train": "x.jsonl"}, "train": {"replay_kl": 0.1}}, check_files=False)
+        validate_config({"data": {"train": "x.jsonl", "replay": None}, "train": {"replay_kl": 0.1}}, check_files=False)
     assert "train.replay_kl: anchors replay rows to the base, but data.replay is not set" in str(info.value)
+    assert validate_config({"data": {"train": "x.jsonl"}, "train": {"replay_kl": 0.1}}, check_files=False)  # builtin
     with pytest.raises(ConfigError, match=r"train.replay_kl: Input should be greater than 0"):
         validate_config(
             {"data": {"train": "x.jsonl", "replay": "r.jsonl"}, "train": {"replay_kl": 0}}, check_files=False
@@ -114,5 +115,6 @@ def test_replay_kl_needs_replay_rows_and_a_positive_weight() -> None:
     assert config.train.replay_kl == 0.1
     assert validate_config({"data": {"train": "x.jsonl"}}, check_files=False).train.replay_kl is None
     with pytest.raises(ConfigError) as info:  # reported beside the other problems, in one pass
-        validate_config({"data": {"train": "x.jsonl"}, "lora": {"r": 0}, "train": {"replay_kl": 1}}, check_files=False)
+        validate_config({"data": {"train": "x.jsonl", "replay": None}, "lora": {"r": 0}, "train": {"replay_kl": 1}},
+                        check_files=False)  # fmt: skip
     assert len(info.value.problems) == 2 and "data.replay is not set" in str(info.value)

@@ -1,4 +1,5 @@
-"""`loraforge demo --quick` on the real embedded base: every step runs and leaves its artifact."""
+"""`loraforge demo` in full on the real embedded base: it passes the gate with margin, and every
+step leaves its artifact. About 11 minutes of CI on a 2-core fp32 CPU (docs/PERFORMANCE.md)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,24 @@ from loraforge.cli import main
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+GOLDEN_FLOOR = 0.85  # issue #19's margin: every machine kind and seed stays at or above it
 
 
-def test_quick_demo_leaves_a_gated_adapter_and_its_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_passes_the_gate_with_golden_at_least_85_percent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "demo"
-    code = main(["demo", "--quick", "--output", str(out), "--data-dir", str(REPO / "examples" / "support_tickets")])
+    code = main(["demo", "--output", str(out), "--data-dir", str(REPO / "examples" / "support_tickets")])
     printed = capsys.readouterr().out
-    manifest = json.loads((out / "adapter" / "loraforge.json").read_text())
-    verdict = manifest["eval"]["verdict"]
-    assert code == (0 if verdict == "pass" else 3)
+    report = json.loads((out / "eval" / "report.json").read_text())
+    golden = [s for s in report["slices"].values() if not s["probe"]]
+    passed = sum(s["adapter_passed"] for s in golden)
+    total = sum(s["n"] for s in golden)
+    assert code == 0, printed[-3000:]
+    assert passed / total >= GOLDEN_FLOOR, f"golden {passed}/{total}"
     for artifact in (
         "adapter/adapter_model.safetensors",
+        "adapter/loraforge.json",
         "eval/report.html",
         "loss.png",
         "metrics.jsonl",
