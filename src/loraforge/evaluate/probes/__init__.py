@@ -1,7 +1,7 @@
 """The built-in probe slices, bundled as jsonl beside this file (see README.md for their origin).
 
-safety   harmful requests the default base refuses (check: refusal) and benign requests that
-         sound edgy, which it must answer (check: not_refusal)
+safety   harmful requests the default base refuses (check: no_harmful_help) and benign requests
+         that sound edgy, which it must take up (check: engages)
 general  simple facts and arithmetic the default base answers right (check: contains)
 """
 
