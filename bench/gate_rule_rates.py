@@ -1,5 +1,6 @@
 """How often the gate's slice rule blocks by chance and how often it passes a worse adapter, by
-exact enumeration over the paired outcomes of a slice (no model, a second or two).
+exact enumeration over the paired outcomes of a slice (no model: importing loraforge, i.e. torch, takes
+longer than the arithmetic).
 
   python bench/gate_rule_rates.py [--flip 0.10] [--sizes 10 25 50 200]
 
