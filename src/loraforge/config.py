@@ -235,7 +235,7 @@ class EvalSpec(Section):
         "answers, with no LoRA matmuls per layer; fp32 bases only (bf16 and 4-bit would round the update away)",
     )
     tolerance: int = Field(
-        default=0, ge=0, description="rows a slice may lose beyond noise (one row under 50 rows) before blocking"
+        default=0, ge=0, description="lost rows forgiven per slice before the paired test and the 1-in-10 cap"
     )
     min_pass_rate: dict[str, float] = Field(
         default_factory=dict, description="slice -> absolute pass rate floor the adapter must reach"

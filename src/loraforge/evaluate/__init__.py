@@ -1,7 +1,7 @@
 """The eval gate: golden set + probes, base vs adapter (vs a shipped adapter) per slice, a verdict."""
 
 from loraforge.evaluate.checks import CHECK_TYPES, REFUSAL_PHRASES, is_refusal, run_checks, validate_checks
-from loraforge.evaluate.gate import GateReport, decide, noise_rows
+from loraforge.evaluate.gate import Decision, GateReport, decide, mcnemar_p
 from loraforge.evaluate.probes import load_probes
 from loraforge.evaluate.report import write_reports
 from loraforge.evaluate.runner import run_gate
@@ -11,6 +11,7 @@ __all__ = [
     "CHECK_TYPES",
     "REFUSAL_PHRASES",
     "Case",
+    "Decision",
     "GateReport",
     "RowResult",
     "SliceScore",
@@ -18,7 +19,7 @@ __all__ = [
     "decide",
     "is_refusal",
     "load_probes",
-    "noise_rows",
+    "mcnemar_p",
     "run_checks",
     "run_gate",
     "validate_checks",

@@ -1,30 +1,126 @@
 """The verdict: block an adapter that loses any slice against the base (or a shipped adapter).
 
-A slice blocks when the adapter passes fewer rows than a comparator (the base, and the `--against`
-adapter when given) by more than `eval.tolerance` rows beyond noise, or when its pass rate is below
-the `eval.min_pass_rate` floor set for that slice. Noise is one row per NOISE_ROWS_PER rows, at
-least one: one row for slices under 50 rows, two for 100-149, and so on.
+Each slice is compared case by case with each comparator (the base, and the `--against` adapter
+when given): `lost` rows the comparator passed and the adapter failed, `gained` the reverse. After
+forgiving `eval.tolerance` lost rows, the slice blocks when
+
+- the losses are significant: one-sided exact McNemar (sign) test on the lost vs gained rows,
+  p < FALSE_BLOCK_RATE; or
+- the net loss (lost - gained) is more than a tenth of the slice's rows, rounded down
+  (ROWS_PER_ALLOWED_LOSS): the test cannot see a loss on a small slice (it needs five lost rows
+  and none gained at 5%), so a slice under ten rows blocks on any net loss;
+
+or when its pass rate is below the `eval.min_pass_rate` floor set for that slice. Rates for both
+rules by slice size: docs/eval-gate.md#the-verdict (bench/gate_rule_rates.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from loraforge.config import EvalSpec
 from loraforge.evaluate.scoring import RowResult, SliceScore
 
-NOISE_ROWS_PER = 50  # greedy decoding flips about one borderline row in fifty between near-identical models
+# one gate in twenty at most blocks an adapter no worse than its comparator whose losses are only
+# greedy flips (the test is exact, so its real rate is lower); stricter needs twice the rows to see the same loss
+FALSE_BLOCK_RATE = 0.05
+# a slice may lose at most one row in ten, significant or not: a probe of 26 rows losing 4 of 4
+# flipped rows (p = 0.0625) is 15 points worse, which no reader calls noise
+ROWS_PER_ALLOWED_LOSS = 10
 EXAMPLES_PER_REASON = 2  # failing rows quoted in each block reason
 EXAMPLE_CHARS = 80  # an output quoted in a reason is cut to this many characters
 
 Verdict = Literal["pass", "block"]
 
 
-def noise_rows(n: int) -> int:
-    """Rows a slice of n rows may lose to decoding noise alone."""
-    return max(1, n // NOISE_ROWS_PER)
+def mcnemar_p(lost: int, gained: int) -> float:
+    """One-sided exact McNemar p-value: the chance of at least `lost` of the lost + gained flipped
+    rows falling on the adapter's losing side when each flip goes either way with even odds."""
+    flipped = lost + gained
+    return sum(math.comb(flipped, k) for k in range(lost, flipped + 1)) / 2**flipped
+
+
+def allowed_net_loss(n: int) -> int:
+    """Net rows a slice of n rows may lose when the loss is not significant."""
+    return n // ROWS_PER_ALLOWED_LOSS
+
+
+@dataclass(frozen=True)
+class PairedLoss:
+    """A slice's rows that one comparator passed and the adapter failed (lost), and the reverse."""
+
+    n: int
+    lost: int
+    gained: int
+    tolerance: int = 0
+
+    @property
+    def counted(self) -> int:
+        """Lost rows after `eval.tolerance` forgives some."""
+        return max(0, self.lost - self.tolerance)
+
+    @property
+    def net(self) -> int:
+        return self.counted - self.gained
+
+    @property
+    def p(self) -> float:
+        return mcnemar_p(self.counted, self.gained)
+
+    @property
+    def significant(self) -> bool:
+        return self.p < FALSE_BLOCK_RATE
+
+    @property
+    def over_cap(self) -> bool:
+        return self.net > allowed_net_loss(self.n)
+
+    @property
+    def blocks(self) -> bool:
+        return self.significant or self.over_cap
+
+    def why(self) -> str:
+        """Which rule blocks, with its figures."""
+        forgiven = f" after eval.tolerance {self.tolerance}" if self.tolerance else ""
+        rules = []
+        if self.significant:
+            rules.append(f"significant (McNemar p={self.p:.3f} < {FALSE_BLOCK_RATE})")
+        if self.over_cap:
+            rules.append(f"a net loss of {self.net}, over the {allowed_net_loss(self.n)} a {self.n}-row slice may lose")
+        return f"{self.lost} rows lost, {self.gained} gained{forgiven}: " + " and ".join(rules)
+
+
+def paired_loss(rows: Sequence[RowResult], role: str, tolerance: int = 0) -> PairedLoss:
+    lost = sum(1 for r in rows if r.passed.get(role) and not r.passed.get("adapter"))
+    gained = sum(1 for r in rows if r.passed.get("adapter") and not r.passed.get(role))
+    return PairedLoss(len(rows), lost, gained, tolerance)
+
+
+# What to change, cheapest first (docs/troubleshooting.md#the-gate-blocked). A probe slice that
+# drops is forgetting: pull the adapter back toward the base away from the task.
+FORGETTING_LEVERS = (
+    "raise data.replay_ratio (replay rows from `loraforge distill` in data.replay)",
+    "turn on or raise train.replay_kl",
+    "lower train.lr or train.epochs",
+)
+# A target slice that drops or stays under its floor has not learned the task (or learned a
+# different one): train more, or check that the rows teach what the golden rows ask.
+TARGET_LEVERS = (
+    "raise train.epochs (or train.max_steps) or train.lr",
+    "check that the training rows and the chat template (data.template) match the slice's golden rows",
+)
+
+
+def slice_levers(score: SliceScore) -> list[str]:
+    """The config keys that move this slice, cheapest first."""
+    return list(FORGETTING_LEVERS if score.probe else TARGET_LEVERS)
+
+
+def _fix(score: SliceScore) -> str:
+    return "fix: " + "; or ".join(slice_levers(score))
 
 
 @dataclass
@@ -37,6 +133,7 @@ class GateReport:
     roles: list[str]
     info: dict[str, Any] = field(default_factory=dict)  # base, adapter, golden hash, timings
     notes: list[str] = field(default_factory=list)  # things the reader must know (e.g. a new golden file)
+    levers: dict[str, list[str]] = field(default_factory=dict)  # blocking slice -> what to change, cheapest first
 
     @property
     def passed(self) -> bool:
@@ -53,6 +150,7 @@ class GateReport:
         return {
             "verdict": self.verdict,
             "reasons": list(self.reasons),
+            "levers": {name: list(keys) for name, keys in self.levers.items()},
             "improvements": list(self.improvements),
             "notes": list(self.notes),
             "roles": list(self.roles),
@@ -82,23 +180,21 @@ def _examples(rows: Sequence[RowResult], comparator: str | None) -> str:
 def slice_reasons(
     score: SliceScore, rows: Sequence[RowResult], spec: EvalSpec, comparators: Sequence[str]
 ) -> list[str]:
-    """Why this slice blocks, one reason per broken rule; empty when it passes."""
+    """Why this slice blocks, one line per broken rule, each naming what to change; empty when it passes."""
     reasons = []
-    allowed = spec.tolerance + noise_rows(score.n)
     for role in comparators:
-        lost = score.passes[role] - score.passes["adapter"]
-        if lost > allowed:
+        loss = paired_loss(rows, role, spec.tolerance)
+        if loss.blocks:
             reasons.append(
                 f"slice '{score.name}': adapter {_pct(score, 'adapter')} vs {role} {_pct(score, role)}: "
-                f"{lost} rows lost, more than the {allowed} allowed (tolerance {spec.tolerance} + noise "
-                f"{noise_rows(score.n)}); {_examples(rows, role)}"
+                f"{loss.why()}; {_fix(score)}; {_examples(rows, role)}"
             )
     floor = spec.min_pass_rate.get(score.name)
     if floor is not None and score.rate("adapter") < floor:
         best = max(comparators, key=score.rate)
         reasons.append(
             f"slice '{score.name}': adapter {_pct(score, 'adapter')} is below eval.min_pass_rate {floor:.1%} "
-            f"({best} {_pct(score, best)}); {_examples(rows, None)}"
+            f"({best} {_pct(score, best)}); {_fix(score)}; {_examples(rows, None)}"
         )
     return reasons
 
@@ -115,15 +211,26 @@ def improvement(score: SliceScore, comparators: Sequence[str]) -> str:
     return f"slice '{score.name}': " + "; ".join(parts)
 
 
+class Decision(NamedTuple):
+    verdict: Verdict
+    reasons: list[str]
+    improvements: list[str]  # how the target slices (the non-probe ones) moved
+    levers: dict[str, list[str]]  # blocking slice -> what to change
+
+
 def decide(
     slices: dict[str, SliceScore], rows: Sequence[RowResult], spec: EvalSpec, comparators: Sequence[str]
-) -> tuple[Verdict, list[str], list[str]]:
-    """(verdict, block reasons, improvements on the target slices, i.e. the non-probe ones)."""
+) -> Decision:
+    """The verdict, its block reasons, the improvements on the target slices and each blocking slice's levers."""
     reasons: list[str] = []
     improvements: list[str] = []
+    levers: dict[str, list[str]] = {}
     for name, score in slices.items():
         members = [r for r in rows if r.case.slice == name]
-        reasons.extend(slice_reasons(score, members, spec, comparators))
+        found = slice_reasons(score, members, spec, comparators)
+        reasons.extend(found)
+        if found:
+            levers[name] = slice_levers(score)
         if not score.probe:
             improvements.append(improvement(score, comparators))
-    return ("block" if reasons else "pass"), reasons, improvements
+    return Decision("block" if reasons else "pass", reasons, improvements, levers)

@@ -45,6 +45,9 @@ def render_markdown(report: GateReport) -> str:
     lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
     if report.reasons:
         lines += ["## Why it blocks", ""] + [f"- {r}" for r in report.reasons] + [""]
+    if report.levers:
+        lines += ["## What to change", ""]
+        lines += [f"- {name}: " + "; or ".join(keys) for name, keys in report.levers.items()] + [""]
     if report.improvements:
         lines += ["## Target slices", ""] + [f"- {i}" for i in report.improvements] + [""]
     others = [r for r in roles if r != "adapter"]
@@ -119,6 +122,12 @@ def render_html(report: GateReport) -> str:
     if report.reasons:
         items = "".join(f"<li>{html.escape(r)}</li>" for r in report.reasons)
         parts.append(f'<h2>Why it blocks</h2><ul id="reasons">{items}</ul>')
+    if report.levers:
+        items = "".join(
+            f"<li><b>{html.escape(name)}</b>: {html.escape('; or '.join(keys))}</li>"
+            for name, keys in report.levers.items()
+        )
+        parts.append(f'<h2>What to change</h2><ul id="levers">{items}</ul>')
     if report.improvements:
         items = "".join(f"<li>{html.escape(i)}</li>" for i in report.improvements)
         parts.append(f"<h2>Target slices</h2><ul>{items}</ul>")

@@ -141,7 +141,7 @@ def run_gate(
         adapter_model.set_adapter(candidate)
         adapter_model.train(was_training)
     slices = slice_scores(rows, roles)
-    verdict, reasons, improvements = decide(slices, rows, spec, [r for r in roles if r != "adapter"])
+    decision = decide(slices, rows, spec, [r for r in roles if r != "adapter"])
     report_info = {
         "base": {"spec": base.spec, "fingerprint": base.fingerprint},
         "against": str(against) if against is not None else None,
@@ -150,6 +150,16 @@ def run_gate(
         "base_cache": base_cache,
         **(info or {}),
     }
-    report = GateReport(verdict, reasons, improvements, slices, rows, roles, report_info, list(notes or []))
+    report = GateReport(
+        decision.verdict,
+        decision.reasons,
+        decision.improvements,
+        slices,
+        rows,
+        roles,
+        report_info,
+        list(notes or []),
+        decision.levers,
+    )
     write_reports(report, out_dir)
     return report
