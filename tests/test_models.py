@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -146,3 +147,23 @@ def test_save_replaces_an_existing_adapter_whole(tiny_base_dir: Path, tmp_path: 
 def test_unknown_base_spec_names_the_options() -> None:
     with pytest.raises(ModelError, match="not an alias .*smollm2-135m-instruct"):
         load_base("no-such-model")
+
+
+def test_a_single_module_name_string_is_a_model_error_naming_the_argument(tiny_base_dir: Path) -> None:
+    base = load_base(str(tiny_base_dir))
+    with pytest.raises(ModelError) as info:
+        resolve_targets(base.model, "q_proj")
+    assert "targets=" in str(info.value) and "lora.targets" in str(info.value) and "['q_proj']" in str(info.value)
+
+
+def test_library_code_has_no_assert_statements() -> None:
+    """`python -O` strips asserts, and an AssertionError names no file and no fix: the library raises
+    LoraforgeError kinds instead."""
+    src = Path(__file__).resolve().parents[1] / "src" / "loraforge"
+    found = [
+        f"{path.relative_to(src)}:{node.lineno}"
+        for path in sorted(src.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []
