@@ -174,6 +174,15 @@ def load_tokenizer(spec: str, home: Path | None = None) -> PreTrainedTokenizerBa
     return tokenizer
 
 
+def quantized_device_map(device: str | torch.device) -> dict[str, int] | None:
+    """Where a 4-bit base loads: bitsandbytes quantizes while loading and refuses `.to()` after, so a
+    CUDA device is named in the device_map; None keeps it on the CPU (bitsandbytes' CPU kernels)."""
+    where = torch.device(device)
+    if where.type != "cuda":
+        return None
+    return {"": where.index if where.index is not None else torch.cuda.current_device()}
+
+
 def load_base(
     spec: str,
     dtype: torch.dtype = torch.float32,
@@ -189,6 +198,7 @@ def load_base(
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = quantized_device_map(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as exc:
