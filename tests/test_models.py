@@ -42,8 +42,18 @@ def test_unknown_target_lists_the_real_linear_names(tiny_base_dir: Path) -> None
         resolve_targets(base.model, ["qkv_proj"])
 
 
-def test_fingerprint_is_stable_across_loads(tiny_base_dir: Path) -> None:
-    assert load_base(str(tiny_base_dir)).fingerprint == load_base(str(tiny_base_dir)).fingerprint
+def test_fingerprint_is_stable_across_loads(tiny_base_dir: Path, tmp_path: Path) -> None:
+    """Recomputed from the files, not read back from the fingerprint cache the first load wrote."""
+    first = load_base(str(tiny_base_dir), home=tmp_path).fingerprint
+    assert list((tmp_path / "fingerprints").iterdir())
+    shutil.rmtree(tmp_path / "fingerprints")
+    assert load_base(str(tiny_base_dir), home=tmp_path).fingerprint == first
+
+
+def test_fingerprint_is_the_same_in_bf16_and_fp32(tiny_base_dir: Path, tmp_path: Path) -> None:
+    first = load_base(str(tiny_base_dir), dtype=torch.float32, home=tmp_path).fingerprint
+    shutil.rmtree(tmp_path / "fingerprints")
+    assert load_base(str(tiny_base_dir), dtype=torch.bfloat16, home=tmp_path).fingerprint == first
 
 
 def test_fingerprint_changes_with_the_chat_template(tiny_base_dir: Path, tiny_llama3_dir: Path) -> None:

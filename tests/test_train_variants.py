@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from test_train_batches import tiny_plan
 from transformers import AutoModelForCausalLM, set_seed
 
@@ -77,6 +79,13 @@ def test_a_4bit_base_asked_for_on_cpu_stays_there() -> None:
 def test_qlora_base_weights_live_on_the_gpu(tiny_base_dir: Path) -> None:
     base = load_base(str(tiny_base_dir), device="cuda:0", quantization_config=qlora_quantization_config(torch.bfloat16))
     assert {p.device.type for p in base.model.parameters()} == {"cuda"}
+
+
+def test_rslora_scales_updates_by_alpha_over_sqrt_r(tiny_base_dir: Path) -> None:
+    """alpha=8, r=4: rsLoRA scales by 8/sqrt(4) = 4, plain LoRA by 8/4 = 2."""
+    model = attach_lora(_base_model(tiny_base_dir, "rslora"), LoraSpec(r=4, alpha=8, variant="rslora"))
+    scales = {m.scaling["default"] for m in model.modules() if isinstance(m, LoraLayer)}
+    assert scales == {8 / math.sqrt(4)}
 
 
 def test_qlora_base_is_stored_in_4bit_nf4(tiny_base_dir: Path) -> None:
