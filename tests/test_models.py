@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from loraforge.models import (
     resolve_targets,
     save_adapter,
 )
+from loraforge.models.base import gguf_base_dir
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -177,3 +179,31 @@ def test_library_code_has_no_assert_statements() -> None:
         if isinstance(node, ast.Assert)
     ]
     assert found == []
+
+
+def _rewrite_one_byte(path: Path, offset: int, keep_mtime: bool) -> None:
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    with path.open("r+b") as handle:  # in place: same inode, same size
+        handle.write(data)
+    mtime_ns = stat.st_mtime_ns if keep_mtime else stat.st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(stat.st_atime_ns, mtime_ns))
+
+
+def test_a_gguf_changed_at_the_same_size_gets_a_new_converted_dir(tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(4096))
+    first = gguf_base_dir(gguf, tmp_path / "bases", "m")
+    _rewrite_one_byte(gguf, 2000, keep_mtime=False)
+    assert gguf.stat().st_size == 4100
+    assert gguf_base_dir(gguf, tmp_path / "bases", "m") != first
+
+
+def test_a_gguf_is_hashed_once_per_inode_size_and_mtime(tmp_path: Path) -> None:
+    """The second lookup reads the remembered hash: bytes changed behind an unchanged stat go unseen."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(4096))
+    first = gguf_base_dir(gguf, tmp_path / "bases", "m")
+    _rewrite_one_byte(gguf, 2000, keep_mtime=True)
+    assert gguf_base_dir(gguf, tmp_path / "bases", "m") == first

@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from loraforge.errors import ModelError
-from loraforge.files import atomic_dir
+from loraforge.files import atomic_dir, sha256_file, write_json_atomic
 from loraforge.models.fingerprint import base_fingerprint
 
 
@@ -100,11 +100,28 @@ def resolve_base(spec: str, home: Path | None = None) -> Path:
     raise ModelError(f"base '{spec}': not an alias ({known}), a model directory, or a .gguf file")
 
 
+def gguf_sha256(gguf_path: Path, memo_dir: Path) -> str:
+    """sha256 of the file's bytes, hashed once: remembered by inode, size and mtime_ns (a rewritten
+    file gets a new mtime), so a later run does not re-read a 270 MB GGUF to find its converted copy."""
+    stat = gguf_path.stat()
+    stamp = f"{gguf_path.resolve()}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = memo_dir / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a torn memo is hashed again
+        return str(json.loads(memo.read_text())["sha256"])
+    digest = sha256_file(gguf_path)
+    write_json_atomic(memo, {"sha256": digest, "stamp": stamp})
+    return digest
+
+
+def gguf_base_dir(gguf_path: Path, bases_dir: Path, name: str) -> Path:
+    """`bases_dir/NAME-<content hash>`: a GGUF changed in place, even at the same size, converts anew."""
+    return bases_dir / f"{name}-{gguf_sha256(gguf_path, bases_dir.parent / 'gguf-sha256')[:12]}"
+
+
 def convert_gguf(gguf_path: Path, bases_dir: Path, name: str) -> Path:
     """Dequantize a GGUF into `bases_dir/NAME-<hash>/` (safetensors fp32 + config + tokenizer)."""
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.name}|{stat.st_size}".encode()).hexdigest()[:12]
-    out = bases_dir / f"{name}-{key}"
+    out = gguf_base_dir(gguf_path, bases_dir, name)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     from safetensors.torch import save_file
