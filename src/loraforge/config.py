@@ -366,8 +366,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"--set {text!r}: expected key.path=value, e.g. --set train.lr=1e-4"], "--set")
     key, _, value = text.partition("=")
-    parsed = yaml.safe_load(value) if value.strip() else None
-    return [p for p in key.strip().split(".") if p], parsed
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError([f"--set {text!r}: no key before '='; e.g. --set train.lr=1e-4"], "--set")
+    return path, yaml.safe_load(value) if value.strip() else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from loraforge.errors import ModelError
 from loraforge.files import atomic_dir, sha256_file, write_json_atomic
-from loraforge.models.fingerprint import base_fingerprint
+from loraforge.models.fingerprint import UNREADABLE_WEIGHTS, base_fingerprint, unreadable_weights
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,14 @@ def convert_gguf(gguf_path: Path, bases_dir: Path, name: str) -> Path:
 
     with atomic_dir(out) as tmp, _gguf_parsed_once():
         kwargs = {"gguf_file": gguf_path.name}
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        except Exception as exc:  # gguf's reader fails as struct.error, ValueError, KeyError...: no common base
+            raise ModelError(
+                f"{gguf_path}: cannot convert this GGUF ({type(exc).__name__}: {exc}); the file is truncated, "
+                "corrupt or of an architecture transformers cannot read: download it again"
+            ) from exc
         state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: stored once, as embed_tokens
@@ -183,9 +189,24 @@ def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _read_tokenizer(spec: str, model_dir: Path) -> PreTrainedTokenizerBase:
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"base '{spec}' ({model_dir}): no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy them from "
+            "where the weights came from, or save them with tokenizer.save_pretrained(DIR)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"base '{spec}' ({model_dir}): cannot load its tokenizer ({exc}); replace its files") from exc
+
+
 def load_tokenizer(spec: str, home: Path | None = None) -> PreTrainedTokenizerBase:
     """The base's tokenizer alone (no weights): enough for the data stage."""
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base(spec, home)))
+    tokenizer = _read_tokenizer(spec, resolve_base(spec, home))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -211,15 +232,21 @@ def load_base(
     started = time.perf_counter()
     home = home or loraforge_home()
     model_dir = resolve_base(spec, home)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = _read_tokenizer(spec, model_dir)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = quantized_device_map(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"base '{spec}' ({model_dir}): cannot load: {exc}") from exc
+    except UNREADABLE_WEIGHTS as exc:
+        damaged = unreadable_weights(model_dir)
+        if damaged is None:
+            raise ModelError(f"base '{spec}' ({model_dir}): cannot load: {exc}") from exc
+        raise ModelError(
+            f"base '{spec}': {damaged} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+            "download or convert the base again"
+        ) from exc
     if quantization_config is None:
         model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()
