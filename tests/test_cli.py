@@ -4,12 +4,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 import yaml
 
 from loraforge import __version__
-from loraforge.cli import main
+from loraforge.cli import app, main
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -17,10 +19,35 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
     assert __version__ in capsys.readouterr().out
 
 
-def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["init", "--help"], ["config", "check", "--help"], ["models", "show", "--help"]):
-        assert main(argv) == 0, argv
-    assert "Usage" in capsys.readouterr().out
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command and group under `group` (typer's own click: its classes are not click's)."""
+    found: list[tuple[tuple[str, ...], Any]] = []
+    for name, command in sorted(group.commands.items()):
+        found.append(((*path, name), command))
+        if isinstance(command, typer.core.TyperGroup):
+            found += _commands(command, (*path, name))
+    return found
+
+
+COMMANDS = _commands(typer.main.get_command(app))
+
+
+def test_the_command_list_is_read_from_the_app() -> None:
+    leaves = {path for path, command in COMMANDS if not isinstance(command, typer.core.TyperGroup)}
+    assert {("train",), ("distill",), ("config", "check"), ("models", "show"), ("docs", "cli")} <= leaves
+    assert len(leaves) >= 12
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
+def test_every_command_has_help(
+    path: tuple[str, ...], command: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps help to the terminal; keep each option on one line
+    assert main([*path, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage" in out
+    options = [opt for param in command.params if param.param_type_name == "option" for opt in param.opts]
+    assert [opt for opt in options if opt not in out] == []
 
 
 def test_help_imports_neither_torch_nor_transformers() -> None:

@@ -118,3 +118,21 @@ def test_replay_kl_needs_replay_rows_and_a_positive_weight() -> None:
         validate_config({"data": {"train": "x.jsonl", "replay": None}, "lora": {"r": 0}, "train": {"replay_kl": 1}},
                         check_files=False)  # fmt: skip
     assert len(info.value.problems) == 2 and "data.replay is not set" in str(info.value)
+
+
+def test_min_pass_rate_above_one_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"data": {"train": "x.jsonl"}, "eval": {"min_pass_rate": {"golden": 80}}}, check_files=False)
+    assert "eval.min_pass_rate.golden" in str(info.value) and "less than or equal to 1" in str(info.value)
+
+
+def test_min_pass_rate_below_zero_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"data": {"train": "x.jsonl"}, "eval": {"min_pass_rate": {"golden": -0.1}}}, check_files=False)
+    assert "eval.min_pass_rate.golden" in str(info.value)
+
+
+def test_loraplus_ratio_below_one_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"data": {"train": "x.jsonl"}, "lora": {"loraplus_lr_ratio": 0.5}}, check_files=False)
+    assert "lora.loraplus_lr_ratio" in str(info.value) and "greater than or equal to 1" in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,12 @@ def _skip_read() -> ReadResult:
 
 
 def test_bad_rows_fixture_covers_at_least_twenty_kinds() -> None:
-    assert len({message for _, message in EXPECTED.values()}) >= 20
+    """The reader itself, run over the fixture, names twenty or more different problems, each with its line."""
+    named = [re.fullmatch(r"bad_rows\.jsonl line (\d+): (.+)", problem) for problem in _skip_read().problems]
+    assert all(named), _skip_read().problems
+    lines = {int(match.group(1)) for match in named if match}
+    kinds = {match.group(2).split(";")[0] for match in named if match}
+    assert len(lines) >= 20 and len(kinds) >= 20, kinds
 
 
 @pytest.mark.parametrize("line", sorted(EXPECTED))

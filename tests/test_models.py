@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ast
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from loraforge.models import (
     resolve_targets,
     save_adapter,
 )
+from loraforge.models.base import gguf_base_dir
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -41,8 +44,18 @@ def test_unknown_target_lists_the_real_linear_names(tiny_base_dir: Path) -> None
         resolve_targets(base.model, ["qkv_proj"])
 
 
-def test_fingerprint_is_stable_across_loads(tiny_base_dir: Path) -> None:
-    assert load_base(str(tiny_base_dir)).fingerprint == load_base(str(tiny_base_dir)).fingerprint
+def test_fingerprint_is_stable_across_loads(tiny_base_dir: Path, tmp_path: Path) -> None:
+    """Recomputed from the files, not read back from the fingerprint cache the first load wrote."""
+    first = load_base(str(tiny_base_dir), home=tmp_path).fingerprint
+    assert list((tmp_path / "fingerprints").iterdir())
+    shutil.rmtree(tmp_path / "fingerprints")
+    assert load_base(str(tiny_base_dir), home=tmp_path).fingerprint == first
+
+
+def test_fingerprint_is_the_same_in_bf16_and_fp32(tiny_base_dir: Path, tmp_path: Path) -> None:
+    first = load_base(str(tiny_base_dir), dtype=torch.float32, home=tmp_path).fingerprint
+    shutil.rmtree(tmp_path / "fingerprints")
+    assert load_base(str(tiny_base_dir), dtype=torch.bfloat16, home=tmp_path).fingerprint == first
 
 
 def test_fingerprint_changes_with_the_chat_template(tiny_base_dir: Path, tiny_llama3_dir: Path) -> None:
@@ -146,3 +159,51 @@ def test_save_replaces_an_existing_adapter_whole(tiny_base_dir: Path, tmp_path: 
 def test_unknown_base_spec_names_the_options() -> None:
     with pytest.raises(ModelError, match="not an alias .*smollm2-135m-instruct"):
         load_base("no-such-model")
+
+
+def test_a_single_module_name_string_is_a_model_error_naming_the_argument(tiny_base_dir: Path) -> None:
+    base = load_base(str(tiny_base_dir))
+    with pytest.raises(ModelError) as info:
+        resolve_targets(base.model, "q_proj")
+    assert "targets=" in str(info.value) and "lora.targets" in str(info.value) and "['q_proj']" in str(info.value)
+
+
+def test_library_code_has_no_assert_statements() -> None:
+    """`python -O` strips asserts, and an AssertionError names no file and no fix: the library raises
+    LoraforgeError kinds instead."""
+    src = Path(__file__).resolve().parents[1] / "src" / "loraforge"
+    found = [
+        f"{path.relative_to(src)}:{node.lineno}"
+        for path in sorted(src.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []
+
+
+def _rewrite_one_byte(path: Path, offset: int, keep_mtime: bool) -> None:
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    with path.open("r+b") as handle:  # in place: same inode, same size
+        handle.write(data)
+    mtime_ns = stat.st_mtime_ns if keep_mtime else stat.st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(stat.st_atime_ns, mtime_ns))
+
+
+def test_a_gguf_changed_at_the_same_size_gets_a_new_converted_dir(tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(4096))
+    first = gguf_base_dir(gguf, tmp_path / "bases", "m")
+    _rewrite_one_byte(gguf, 2000, keep_mtime=False)
+    assert gguf.stat().st_size == 4100
+    assert gguf_base_dir(gguf, tmp_path / "bases", "m") != first
+
+
+def test_a_gguf_is_hashed_once_per_inode_size_and_mtime(tmp_path: Path) -> None:
+    """The second lookup reads the remembered hash: bytes changed behind an unchanged stat go unseen."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(4096))
+    first = gguf_base_dir(gguf, tmp_path / "bases", "m")
+    _rewrite_one_byte(gguf, 2000, keep_mtime=True)
+    assert gguf_base_dir(gguf, tmp_path / "bases", "m") == first

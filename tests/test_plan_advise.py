@@ -18,7 +18,7 @@ BRANCHES = [
     (Answers("behaviour", "verifier", 7, 80, 5000), "grpo-dora", {"lora.variant": "dora"}, "GRPO"),
     (Answers("behaviour", "preferences", 7, 80, 5000), "dpo-dora", {"lora.variant": "dora"}, "DPO"),
     (Answers("behaviour", "demonstrations", 7, 80, 5000), "sft-dora", {"lora.variant": "dora"}, "DoRA"),
-    (Answers("behaviour", "demonstrations", 8, 24, 5000), "sft-qlora", {"lora.variant": "qlora"}, "4-bit"),
+    (Answers("behaviour", "demonstrations", 8, 24, 5000), "sft-lora-fsdp", {"lora.variant": "lora"}, "not yet"),
     (Answers("behaviour", "demonstrations", 405, 80, 5000), "sft-lora-fsdp", {"lora.variant": "lora"}, "FSDP"),
     (Answers("behaviour", "demonstrations", None, None, 5000), "sft-dora", {"lora.variant": "dora"}, "plan"),
     (Answers("behaviour", "demonstrations", 1, 24, 300), "sft-dora", {"lora.r": 8, "train.epochs": 1.0}, "small"),
@@ -54,7 +54,15 @@ def test_flags_answer_everything_and_json_holds_the_decision(capsys: pytest.Capt
             "--examples", "5000", "--no-interactive", "--json"]  # fmt: skip
     assert main(argv) == 0
     decision = json.loads(capsys.readouterr().out)
-    assert decision["method"] == "dpo-qlora" and decision["config_keys"]["lora.variant"] == "qlora"
+    assert decision["method"] == "dpo-lora-fsdp" and decision["config_keys"]["lora.variant"] == "lora"
+
+
+@pytest.mark.parametrize("model_b", [1, 8, 13, 34, 70, 180, 405])
+@pytest.mark.parametrize("vram_gb", [16, 24, 48, 80])
+def test_advise_does_not_recommend_qlora_on_a_gpu(model_b: int, vram_gb: int) -> None:
+    """load_base places a 4-bit base on the GPU, but no QLoRA run has been checked on one yet."""
+    advice = advise(Answers("behaviour", "demonstrations", model_b, vram_gb, 5000))
+    assert advice.config_keys["lora.variant"] != "qlora" and "qlora" not in advice.method
 
 
 def test_missing_answers_without_a_terminal_name_the_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from test_train_batches import tiny_plan
 from transformers import AutoModelForCausalLM, set_seed
 
 from loraforge.config import LoraSpec, TrainSpec
 from loraforge.models import attach_lora, load_base, read_manifest
+from loraforge.models.base import quantized_device_map
 from loraforge.train import (
     build_optimizer,
     evaluate_loss,
@@ -60,6 +63,29 @@ def _plain_base(base_dir: Path, variant: str) -> torch.nn.Module:
             str(base_dir), quantization_config=qlora_quantization_config(torch.float32)
         )
     return AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+
+
+def test_a_4bit_base_is_loaded_onto_the_requested_cuda_device() -> None:
+    """bitsandbytes refuses `.to()` on a 4-bit model, so the device goes in from_pretrained's device_map."""
+    assert quantized_device_map("cuda:1") == {"": 1}
+    assert quantized_device_map(torch.device("cuda", 0)) == {"": 0}
+
+
+def test_a_4bit_base_asked_for_on_cpu_stays_there() -> None:
+    assert quantized_device_map("cpu") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_qlora_base_weights_live_on_the_gpu(tiny_base_dir: Path) -> None:
+    base = load_base(str(tiny_base_dir), device="cuda:0", quantization_config=qlora_quantization_config(torch.bfloat16))
+    assert {p.device.type for p in base.model.parameters()} == {"cuda"}
+
+
+def test_rslora_scales_updates_by_alpha_over_sqrt_r(tiny_base_dir: Path) -> None:
+    """alpha=8, r=4: rsLoRA scales by 8/sqrt(4) = 4, plain LoRA by 8/4 = 2."""
+    model = attach_lora(_base_model(tiny_base_dir, "rslora"), LoraSpec(r=4, alpha=8, variant="rslora"))
+    scales = {m.scaling["default"] for m in model.modules() if isinstance(m, LoraLayer)}
+    assert scales == {8 / math.sqrt(4)}
 
 
 def test_qlora_base_is_stored_in_4bit_nf4(tiny_base_dir: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -143,7 +143,11 @@ class LoraSpec(Section):
     variant: Literal["lora", "dora", "rslora", "pissa", "loraplus", "qlora"] = Field(
         default="lora", description="lora, dora, rslora (alpha/sqrt(r)), pissa init, loraplus, qlora (4-bit NF4 base)"
     )
-    loraplus_lr_ratio: float = Field(default=DEFAULT_LORAPLUS_RATIO, gt=0, description="LoRA+: lr of B over lr of A")
+    loraplus_lr_ratio: float = Field(
+        default=DEFAULT_LORAPLUS_RATIO,
+        ge=1,
+        description="LoRA+: lr of B over lr of A; at least 1, as LoRA+ means B learns faster than A (below 1, slower)",
+    )
     top_layers: int | None = Field(
         default=None,
         gt=0,
@@ -237,8 +241,8 @@ class EvalSpec(Section):
     tolerance: int = Field(
         default=0, ge=0, description="lost rows forgiven per slice before the paired test and the 1-in-10 cap"
     )
-    min_pass_rate: dict[str, float] = Field(
-        default_factory=dict, description="slice -> absolute pass rate floor the adapter must reach"
+    min_pass_rate: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="slice -> absolute pass rate floor the adapter must reach, 0..1 (0.9 is 90%)"
     )
     probes: list[Probe] = Field(
         default_factory=lambda: list(ALL_PROBES), description="built-in probe slices run beside the golden set"
@@ -379,8 +383,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"--set {text!r}: expected key.path=value, e.g. --set train.lr=1e-4"], "--set")
     key, _, value = text.partition("=")
-    parsed = yaml.safe_load(value) if value.strip() else None
-    return [p for p in key.strip().split(".") if p], parsed
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError([f"--set {text!r}: no key before '='; e.g. --set train.lr=1e-4"], "--set")
+    return path, yaml.safe_load(value) if value.strip() else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

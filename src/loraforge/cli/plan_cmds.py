@@ -61,7 +61,7 @@ def advise_cmd(
     if "memory" in keys and (model_b is None or vram_gb is None) and ask:
         model_b, vram_gb = _two_numbers(_ask("memory", ask, missing) or "")
     if "examples" in keys and examples is None and ask:
-        examples = int(_ask("examples", ask, missing) or 0)
+        examples = _ask_count("examples")
     if missing:
         flags = ", ".join(f"--{m.replace('_', '-')}" for m in missing)
         raise ConfigError([f"missing answers: pass {flags}, or run in a terminal to be asked"], "advise")
@@ -77,6 +77,16 @@ def advise_cmd(
     if advice.config_keys:
         sets = " ".join(f"--set {k}={v}" for k, v in advice.config_keys.items())
         console.print(f"[bold]config:[/] {sets}", highlight=False)
+
+
+def _ask_count(key: str) -> int:
+    """Ask until the answer is a whole number (`5000` or `5,000`)."""
+    while True:
+        answer = (_ask(key, True, []) or "0").replace(",", "").replace("_", "")
+        try:
+            return int(answer)
+        except ValueError:
+            console.print(f"{answer!r} is not a whole number of examples; type one, e.g. 5000", highlight=False)
 
 
 def _two_numbers(text: str) -> tuple[float, float]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +101,19 @@ def save_prepared(cache_dir: Path, key: str, data: PreparedData) -> None:
 
 
 def load_prepared(cache_dir: Path, key: str) -> PreparedData | None:
+    """The cached entry, or None when absent or damaged (then the caller tokenizes again and
+    overwrites it), as the gate's base cache does."""
     entry = cache_dir / key
     if not (entry / "meta.json").is_file() or not (entry / "tokens.npz").is_file():
         return None
+    try:
+        return _read_entry(entry)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"{entry}: damaged data cache entry ({exc}); tokenizing again", stacklevel=2)
+        return None
+
+
+def _read_entry(entry: Path) -> PreparedData:
     meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
     with np.load(entry / "tokens.npz") as npz:
         arrays = {name: npz[name] for name in npz.files}

@@ -74,7 +74,7 @@ class DedupIndex:
     threshold: float
     exact: dict[bytes, int] = field(default_factory=dict)  # key -> first line
     signatures: dict[int, np.ndarray] = field(default_factory=dict)  # line -> hash values (uint32)
-    lsh: MinHashLSH | None = None
+    lsh: MinHashLSH = field(init=False)
 
     def __post_init__(self) -> None:
         self.lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM)
@@ -85,7 +85,6 @@ class DedupIndex:
         if key in self.exact:
             return Finding(0, self.exact[key], "exact"), signature or minhash(text)
         signature = signature or minhash(text)
-        assert self.lsh is not None
         best: int | None = None
         for line in self.lsh.query(signature):
             # LSH returns candidates; keep only those whose estimated Jaccard clears the threshold
@@ -96,7 +95,6 @@ class DedupIndex:
 
     def add(self, line: int, text: str, signature: MinHash) -> None:
         self.exact.setdefault(exact_key(text), line)
-        assert self.lsh is not None
         if line not in self.signatures:
             self.lsh.insert(line, signature, check_duplication=False)
             self.signatures[line] = signature.hashvalues.astype(np.uint32)

@@ -56,7 +56,7 @@ def read_records(path: Path, *, on_error: str = "strict", max_row_chars: int, go
     digest = hashlib.sha256()
     reasons: Counter[str] = Counter()
     seen_ids: dict[str, int] = {}
-    for line_no, raw, decode_problem in _lines(path, digest):
+    for line_no, raw, decode_problem in read_lines(path, digest):
         if not raw.strip():
             continue
         result.rows_in += 1
@@ -91,7 +91,7 @@ def format_problems(path: Path, problems: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _lines(path: Path, digest: Any) -> Iterator[tuple[int, str, str | None]]:
+def read_lines(path: Path, digest: Any) -> Iterator[tuple[int, str, str | None]]:
     """Yield (line number, decoded line, decode problem or None), hashing the exact bytes."""
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):

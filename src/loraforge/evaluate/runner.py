@@ -33,6 +33,8 @@ from loraforge.evaluate.scoring import (
     slice_scores,
 )
 from loraforge.models import LoadedBase, merged_adapter, read_manifest
+from loraforge.models.adapter import unreadable_adapter
+from loraforge.models.fingerprint import UNREADABLE_WEIGHTS
 
 AGAINST_NAME = "against"  # adapter name of the --against adapter inside the PeftModel
 
@@ -83,7 +85,10 @@ def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
             f"--against {against}: adapter was trained on base {expected}, but the loaded base is "
             f"{base.fingerprint}; compare adapters of the same base"
         )
-    model.load_adapter(str(against), adapter_name=AGAINST_NAME)
+    try:
+        model.load_adapter(str(against), adapter_name=AGAINST_NAME)
+    except UNREADABLE_WEIGHTS as exc:
+        raise unreadable_adapter(against, exc) from exc
 
 
 def _base_scored(

@@ -216,9 +216,8 @@ def encode_reference(tokenizer: PreTrainedTokenizerBase, case: Case) -> tuple[li
     """Token ids of the whole conversation and labels that keep only the reference answer tokens
     (plus the end-of-turn token right after it), rendered with the base's chat template."""
     messages = [*case.prompt, {"role": "assistant", "content": case.reference}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    prompt = tokenizer.apply_chat_template(list(case.prompt), tokenize=False, add_generation_prompt=True)
-    assert isinstance(text, str) and isinstance(prompt, str)
+    text = str(tokenizer.apply_chat_template(messages, tokenize=False))  # tokenize=False renders text
+    prompt = str(tokenizer.apply_chat_template(list(case.prompt), tokenize=False, add_generation_prompt=True))
     answer = case.reference.strip()
     # the answer starts where the generation prompt ends; templates that rewrite earlier turns fall back to search
     start = text.find(answer, len(prompt)) if text.startswith(prompt) else text.rfind(answer)

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from loraforge.errors import ModelError
 from loraforge.files import atomic_dir
+from loraforge.models.fingerprint import UNREADABLE_WEIGHTS
 
 MANIFEST_NAME = "loraforge.json"
 MANIFEST_FORMAT = 1
@@ -64,7 +65,19 @@ def load_adapter(
             f"{adapter_dir}: adapter was trained on base {expected}, but the loaded base is "
             f"{base_fingerprint}; load the base it was trained on"
         )
-    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable, adapter_name=adapter_name)
+    try:
+        return PeftModel.from_pretrained(
+            base_model, str(adapter_dir), is_trainable=trainable, adapter_name=adapter_name
+        )
+    except UNREADABLE_WEIGHTS as exc:
+        raise unreadable_adapter(adapter_dir, exc) from exc
+
+
+def unreadable_adapter(adapter_dir: Path, exc: Exception) -> ModelError:
+    return ModelError(
+        f"{adapter_dir}: cannot load the adapter ({type(exc).__name__}: {exc}); adapter_model.safetensors is "
+        "truncated or corrupt: copy the adapter again or train it again"
+    )
 
 
 def can_merge(model: PeftModel) -> bool:

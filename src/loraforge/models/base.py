@@ -24,8 +24,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from loraforge.errors import ModelError
-from loraforge.files import atomic_dir
-from loraforge.models.fingerprint import base_fingerprint
+from loraforge.files import atomic_dir, sha256_file, write_json_atomic
+from loraforge.models.fingerprint import UNREADABLE_WEIGHTS, base_fingerprint, unreadable_weights
 
 
 @dataclass(frozen=True)
@@ -100,19 +100,42 @@ def resolve_base(spec: str, home: Path | None = None) -> Path:
     raise ModelError(f"base '{spec}': not an alias ({known}), a model directory, or a .gguf file")
 
 
+def gguf_sha256(gguf_path: Path, memo_dir: Path) -> str:
+    """sha256 of the file's bytes, hashed once: remembered by inode, size and mtime_ns (a rewritten
+    file gets a new mtime), so a later run does not re-read a 270 MB GGUF to find its converted copy."""
+    stat = gguf_path.stat()
+    stamp = f"{gguf_path.resolve()}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = memo_dir / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a torn memo is hashed again
+        return str(json.loads(memo.read_text())["sha256"])
+    digest = sha256_file(gguf_path)
+    write_json_atomic(memo, {"sha256": digest, "stamp": stamp})
+    return digest
+
+
+def gguf_base_dir(gguf_path: Path, bases_dir: Path, name: str) -> Path:
+    """`bases_dir/NAME-<content hash>`: a GGUF changed in place, even at the same size, converts anew."""
+    return bases_dir / f"{name}-{gguf_sha256(gguf_path, bases_dir.parent / 'gguf-sha256')[:12]}"
+
+
 def convert_gguf(gguf_path: Path, bases_dir: Path, name: str) -> Path:
     """Dequantize a GGUF into `bases_dir/NAME-<hash>/` (safetensors fp32 + config + tokenizer)."""
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.name}|{stat.st_size}".encode()).hexdigest()[:12]
-    out = bases_dir / f"{name}-{key}"
+    out = gguf_base_dir(gguf_path, bases_dir, name)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     from safetensors.torch import save_file
 
     with atomic_dir(out) as tmp, _gguf_parsed_once():
         kwargs = {"gguf_file": gguf_path.name}
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        except Exception as exc:  # gguf's reader fails as struct.error, ValueError, KeyError...: no common base
+            raise ModelError(
+                f"{gguf_path}: cannot convert this GGUF ({type(exc).__name__}: {exc}); the file is truncated, "
+                "corrupt or of an architecture transformers cannot read: download it again"
+            ) from exc
         state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied: stored once, as embed_tokens
@@ -166,12 +189,36 @@ def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _read_tokenizer(spec: str, model_dir: Path) -> PreTrainedTokenizerBase:
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"base '{spec}' ({model_dir}): no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy them from "
+            "where the weights came from, or save them with tokenizer.save_pretrained(DIR)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"base '{spec}' ({model_dir}): cannot load its tokenizer ({exc}); replace its files") from exc
+
+
 def load_tokenizer(spec: str, home: Path | None = None) -> PreTrainedTokenizerBase:
     """The base's tokenizer alone (no weights): enough for the data stage."""
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base(spec, home)))
+    tokenizer = _read_tokenizer(spec, resolve_base(spec, home))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def quantized_device_map(device: str | torch.device) -> dict[str, int] | None:
+    """Where a 4-bit base loads: bitsandbytes quantizes while loading and refuses `.to()` after, so a
+    CUDA device is named in the device_map; None keeps it on the CPU (bitsandbytes' CPU kernels)."""
+    where = torch.device(device)
+    if where.type != "cuda":
+        return None
+    return {"": where.index if where.index is not None else torch.cuda.current_device()}
 
 
 def load_base(
@@ -185,14 +232,21 @@ def load_base(
     started = time.perf_counter()
     home = home or loraforge_home()
     model_dir = resolve_base(spec, home)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = _read_tokenizer(spec, model_dir)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = quantized_device_map(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"base '{spec}' ({model_dir}): cannot load: {exc}") from exc
+    except UNREADABLE_WEIGHTS as exc:
+        damaged = unreadable_weights(model_dir)
+        if damaged is None:
+            raise ModelError(f"base '{spec}' ({model_dir}): cannot load: {exc}") from exc
+        raise ModelError(
+            f"base '{spec}': {damaged} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+            "download or convert the base again"
+        ) from exc
     if quantization_config is None:
         model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()

@@ -11,13 +11,26 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from loraforge.errors import ModelError
 from loraforge.files import sha256_text, write_text_atomic
 
 FINGERPRINT_VERSION = 1
+# what reading a truncated or corrupt weights file raises: SafetensorError is not an OSError
+UNREADABLE_WEIGHTS: tuple[type[Exception], ...] = (OSError, ValueError, SafetensorError)
 _CHUNK_ELEMENTS = 1 << 24
+
+
+def unreadable_weights(model_dir: Path) -> Path | None:
+    """The first *.safetensors file in `model_dir` whose header cannot be read, if any."""
+    for file in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except UNREADABLE_WEIGHTS:
+            return file
+    return None
 
 
 def weights_sha256(model_dir: Path) -> str:

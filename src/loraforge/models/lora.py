@@ -41,7 +41,11 @@ def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
         if not available:
             raise ModelError("lora.targets=all-linear: the model has no linear layers to adapt")
         return available
-    assert isinstance(targets, list)
+    if not isinstance(targets, list):
+        raise ModelError(
+            f"resolve_targets(targets={targets!r}): pass 'all-linear' or a list of module names such as "
+            f"[{targets!r}] (lora.targets in the config, e.g. --set 'lora.targets=[q_proj, v_proj]')"
+        )
     unknown = [t for t in targets if t not in available]
     if unknown:
         raise ModelError(

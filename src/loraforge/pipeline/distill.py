@@ -16,6 +16,7 @@ since training on them would teach the adapter to stop mid-sentence.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraforge.config import DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
-from loraforge.data.records import ROLES
+from loraforge.data.records import ROLES, read_lines
 from loraforge.errors import DataError
 from loraforge.evaluate.checks import CHECK_TYPES, check_problems, run_checks
 from loraforge.files import write_text_atomic
@@ -55,7 +56,10 @@ def read_prompts(path: Path) -> list[Prompt]:
         raise DataError(f'{path}: no such prompts file; give a jsonl of {{"messages": [...]}} or {{"prompt": ...}}')
     prompts: list[Prompt] = []
     problems: list[str] = []
-    for line_no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_no, raw, not_utf8 in read_lines(path, hashlib.sha256()):
+        if not_utf8 is not None:
+            problems.append(f"{path} line {line_no}: {not_utf8}")
+            continue
         if not raw.strip():
             continue
         try:

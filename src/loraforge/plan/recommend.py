@@ -1,5 +1,6 @@
 """Which method and hardware tier a config needs: the cheapest tier its peak memory fits,
-relaxing micro-batch and checkpointing first, then 4-bit (QLoRA), then FSDP over 80 GB GPUs."""
+relaxing micro-batch and checkpointing first, then FSDP over 80 GB GPUs (4-bit QLoRA in between
+once it is verified on a GPU; a config that sets it keeps it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loraforge.config import Config
-from loraforge.plan.advise import data_size_advice
+from loraforge.plan.advise import QLORA_ON_GPU_VERIFIED, data_size_advice
 from loraforge.plan.hardware import CONSUMER_TIER, GIB, GPU_TIERS, MULTI_GPU_TIER, SINGLE_80_TIER, Tier
 from loraforge.plan.memory import Precision, StepShape, dynamic_bytes, static_bytes
 from loraforge.plan.shapes import LinearGroup, ModelShape
@@ -76,7 +77,7 @@ def recommend(
             reason = f"fits {_gib(tier.usable_bytes)} at micro-batch 1 with gradient checkpointing (same rows per step)"
             chosen = Recommendation(config.lora.variant, label, [reason], keys)
             break
-    if chosen is None and config.lora.variant != "qlora":
+    if chosen is None and config.lora.variant != "qlora" and QLORA_ON_GPU_VERIFIED:
         quantised = replace(relaxed, precision="nf4")
         for label, tier in tiers:
             if peak_bytes(shape, groups, trainable, quantised) <= tier.usable_bytes:

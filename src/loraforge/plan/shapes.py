@@ -75,6 +75,7 @@ def build_meta_model(base: str) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     directory = config_dir(base)
+    _check_model_type(base, directory / "config.json")
     try:
         config = AutoConfig.from_pretrained(str(directory))
     except (OSError, ValueError, json.JSONDecodeError) as exc:
@@ -82,6 +83,20 @@ def build_meta_model(base: str) -> nn.Module:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return model
+
+
+def _check_model_type(base: str, config_json: Path) -> None:
+    from transformers import CONFIG_MAPPING, __version__
+
+    try:
+        model_type = json.loads(config_json.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: AutoConfig names the problem below
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
+        raise ModelError(
+            f"base '{base}': {config_json} has model_type {model_type!r}, which transformers {__version__} does not "
+            "know; fix model_type (e.g. 'llama', 'qwen2', 'mistral') or upgrade transformers"
+        )
 
 
 def model_shape(base: str, model: nn.Module | None = None) -> ModelShape:

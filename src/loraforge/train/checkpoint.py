@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from loraforge.errors import ResumeRefused, TrainError
 from loraforge.files import atomic_dir
+from loraforge.models.fingerprint import UNREADABLE_WEIGHTS
 
 STATE_NAME = "state.json"
 ADAPTER_SUBDIR = "adapter"
@@ -157,7 +158,13 @@ def load_checkpoint(
     rank: int = 0,
 ) -> LoopState:
     """Restore weights, optimizer, scheduler and this process's RNG; return the loop position."""
-    weights = load_file(str(path / ADAPTER_SUBDIR / ADAPTER_WEIGHTS))
+    try:
+        weights = load_file(str(path / ADAPTER_SUBDIR / ADAPTER_WEIGHTS))
+    except UNREADABLE_WEIGHTS as exc:
+        raise TrainError(
+            f"{path / ADAPTER_SUBDIR / ADAPTER_WEIGHTS}: cannot read the checkpoint's adapter ({exc}); delete {path} "
+            "to resume from the checkpoint before it, or train without --resume into a new output"
+        ) from exc
     unexpected = getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", [])
     if unexpected:
         raise TrainError(f"{path}: adapter weights do not match the model (unexpected: {', '.join(unexpected[:3])})")

@@ -245,11 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     by_id = {r["id"]: r for r in recorded or []}
     everything: list[dict[str, Any]] = []
     for name, rows in candidates().items():
-        if recorded is not None:
+        if base is None:  # --from-raw: the answers were recorded
             answers = [by_id[r["id"]]["answer"] for r in rows]
             sampled = [by_id[r["id"]]["samples"] for r in rows]
         else:
-            assert base is not None
             answers, sampled = _answer(base.model, base.tokenizer, rows)
         kept, raw = select(rows, answers, sampled)
         everything += raw
