@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from loraforge.config import DataSpec
+from loraforge.config import Config, DataSpec
 from loraforge.data.cache import cache_key, load_prepared, save_prepared, tokenizer_sha256
 from loraforge.data.chat import (
     RowTooLong,
@@ -33,9 +33,10 @@ from loraforge.data.pii import PiiResult, PiiScanner, scan_records
 from loraforge.data.records import ReadResult, read_records
 from loraforge.data.types import PreparedData, Record, TokenizedExample
 from loraforge.errors import DataError
-from loraforge.files import sha256_file, write_json_atomic
+from loraforge.files import loraforge_home, sha256_file, write_json_atomic
 
 REPORT_NAME = "data_report.json"
+DATA_CACHE_SUBDIR = "cache/data"  # under LORAFORGE_HOME: one cache for prepare, train and the demo
 AUTO_PERCENTILE = 95  # max_seq_len auto: covers 95% of rows whole; the longest 5% lose prompt tokens
 SEQ_LEN_MULTIPLE = 64  # kernels and packing work in multiples of 64
 TOKENIZE_BATCH = 512  # rows per tokenizer call: the Rust tokenizer batches across cores
@@ -153,6 +154,26 @@ def _pii(records: list[Record], spec: DataSpec, scanner: PiiScanner | None) -> P
     return scan_records(records, scanner, redact=spec.pii == "redact")
 
 
+def prepare_for_run(
+    config: Config, tokenizer: Any, context_length: int, *, write_report: bool = True, progress: bool = False
+) -> PreparedData:
+    """The data stage of a run: what `loraforge prepare`, `loraforge train` and the demo all call, so
+    they share one cache and one key, and a `prepare` is reused by the `train` after it.
+
+    `context_length` is the base's (models.context_length). With `write_report=False` the caller
+    writes OUTPUT/data_report.json itself (write_data_report), once the run is known to go ahead.
+    """
+    return prepare_data(
+        config.data,
+        tokenizer,
+        seed=config.train.seed,
+        context_length=context_length,
+        out_dir=config.output if write_report else None,
+        cache_dir=loraforge_home() / DATA_CACHE_SUBDIR,
+        progress=progress,
+    )
+
+
 def prepare_data(
     spec: DataSpec,
     tokenizer: Any,
@@ -182,14 +203,15 @@ def prepare_data(
     cached = load_prepared(cache_dir, key) if cache_dir is not None else None
     if cached is not None:
         cached.report["cached"] = True
-        _write_report(out_dir, cached.report)
+        cached.chat_template = template  # part of the key, so the template that rendered the entry
+        write_data_report(out_dir, cached.report)
         return cached
     data = _prepare_fresh(spec, tokenizer, template, seed=seed, context_length=context_length, progress=progress)
     data.report["cache_key"] = key
     if cache_dir is not None:
         save_prepared(cache_dir, key, data)
     data.report["cached"] = False
-    _write_report(out_dir, data.report)
+    write_data_report(out_dir, data.report)
     return data
 
 
@@ -201,7 +223,7 @@ def _paths(spec: DataSpec) -> dict[str, Path]:
     return {name: path for name, path in _named_paths(spec).items() if path is not None and path.is_file()}
 
 
-def _write_report(out_dir: Path | None, report: dict[str, Any]) -> None:
+def write_data_report(out_dir: Path | None, report: dict[str, Any]) -> None:
     if out_dir is not None:
         write_json_atomic(out_dir / REPORT_NAME, report)
 
@@ -251,7 +273,9 @@ def _prepare_fresh(
         read, hygiene, pii, stage, spec, train=train, eval_examples=eval_examples, lengths=lengths,
         max_seq_len=max_seq_len, template=template, tokenizer=tokenizer, seed=seed,
     )  # fmt: skip
-    return PreparedData(train=train, eval=eval_examples, golden=golden, max_seq_len=max_seq_len, report=report)
+    return PreparedData(
+        train=train, eval=eval_examples, golden=golden, max_seq_len=max_seq_len, report=report, chat_template=template
+    )
 
 
 def build_report(
