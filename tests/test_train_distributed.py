@@ -20,9 +20,10 @@ SPEC = dict(lr=5e-3, warmup_ratio=0.0, grad_accum=2, max_steps=4, eval_every=0.5
 GLOBAL_MICRO_BATCH = 4  # rows per micro-batch across all processes
 
 
-def run_worker(base_dir: Path, out: Path, replay_kl: float | None) -> None:
+def run_worker(base_dir: Path, out: Path, replay_kl: float | None, dropout: float = 0.0) -> None:
     """Train with GLOBAL_MICRO_BATCH split over however many processes were launched; with replay_kl,
-    every third row is a replay row."""
+    every third row is a replay row. With dropout, every train row is the same example, so every
+    process draws its masks in the same shapes and only the seed can make them differ."""
     from dataclasses import replace
     from functools import partial
 
@@ -40,7 +41,7 @@ def run_worker(base_dir: Path, out: Path, replay_kl: float | None) -> None:
     accelerator = Accelerator(cpu=True)
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(0)
-    model = attach_lora(load_base(str(base_dir)).model, LoraSpec(r=4, alpha=8, dropout=0.0))
+    model = attach_lora(load_base(str(base_dir)).model, LoraSpec(r=4, alpha=8, dropout=dropout))
     micro = GLOBAL_MICRO_BATCH // world
     plan = tiny_plan(base_dir, n_train=32, micro=micro, world_size=world, rank=rank)
     if replay_kl is not None:
@@ -48,6 +49,9 @@ def run_worker(base_dir: Path, out: Path, replay_kl: float | None) -> None:
         tagged = [replace(ex, replay=i % 3 == 0) for i, ex in enumerate(rows[:32])]
         collate = partial(collate_padded, anchor=True)
         plan = BatchPlan(tagged, rows[32:], collate, micro_batch_size=micro, seed=0, world_size=world, rank=rank)
+    if dropout:
+        same = [plan.train_rows[0]] * len(plan.train_rows)
+        plan = BatchPlan(same, plan.eval_rows, plan.collate, micro, seed=0, world_size=world, rank=rank)
     spec = TrainSpec(**{**SPEC, "micro_batch_size": micro, "replay_kl": replay_kl})
     result = train(model, plan, spec, out, identity={}, accelerator=accelerator)
     if accelerator.is_main_process:
@@ -63,10 +67,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _launch(prefix: list[str], base_dir: Path, out: Path, replay_kl: float | None) -> dict[str, Any]:
+def _launch(
+    prefix: list[str], base_dir: Path, out: Path, replay_kl: float | None, dropout: float = 0.0
+) -> dict[str, Any]:
     paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    args = [*prefix, __file__, str(base_dir), str(out), str(replay_kl)]
+    args = [*prefix, __file__, str(base_dir), str(out), str(replay_kl), str(dropout)]
     done = subprocess.run(args, env=env, capture_output=True, timeout=400)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     return json.loads((out / "losses.json").read_text())
@@ -77,11 +83,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     replay_kl: float | None, tiny_base_dir: Path, tmp_path: Path
 ) -> None:
     single = _launch([sys.executable], tiny_base_dir, tmp_path / "one", replay_kl)
-    # --multi_gpu selects accelerate's torchrun launcher; without GPUs the processes join over gloo
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    accelerate += ["--main_process_port", str(_free_port())]
-    double = _launch(accelerate, tiny_base_dir, tmp_path / "two", replay_kl)
+    double = _launch(_two_processes(), tiny_base_dir, tmp_path / "two", replay_kl)
     assert double["world"] == 2
     for curve in ("train", "eval"):
         ours, theirs = [loss for _, loss in single[curve]], [loss for _, loss in double[curve]]
@@ -92,5 +94,23 @@ def test_two_processes_match_one_with_the_same_global_batch(
         assert single["replay_kl"][-1] > 0
 
 
+def _two_processes() -> list[str]:
+    # --multi_gpu selects accelerate's torchrun launcher; without GPUs the processes join over gloo
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return accelerate + ["--main_process_port", str(_free_port())]
+
+
+def test_each_process_draws_its_dropout_masks_from_its_own_rng_stream(tiny_base_dir: Path, tmp_path: Path) -> None:
+    """The adapter init is the same on every process; the RNG that draws dropout masks is not
+    (seed + rank), so two processes do not drop the same units of their rows."""
+    _launch(_two_processes(), tiny_base_dir, tmp_path, None, dropout=0.1)
+    newest = max((tmp_path / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    per_rank = json.loads((newest / "rng.json").read_text())
+    assert len(per_rank) == 2
+    assert per_rank[0]["torch"] != per_rank[1]["torch"]
+
+
 if __name__ == "__main__":
-    run_worker(Path(sys.argv[1]), Path(sys.argv[2]), None if sys.argv[3] == "None" else float(sys.argv[3]))
+    kl = None if sys.argv[3] == "None" else float(sys.argv[3])
+    run_worker(Path(sys.argv[1]), Path(sys.argv[2]), kl, float(sys.argv[4]))

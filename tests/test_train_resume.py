@@ -17,12 +17,13 @@ import pytest
 
 from loraforge.config import LoraSpec, TrainSpec
 from loraforge.errors import TrainError
+from loraforge.train import TrainResult
 
 SPEC = dict(lr=5e-3, warmup_ratio=0.1, micro_batch_size=4, grad_accum=2, epochs=4, eval_every=0.25, precision="fp32")
 WEIGHTS = "adapter_model.safetensors"
 
 
-def run_worker(base_dir: Path, out: Path, resume: bool, identity: str = "v1", **spec: object) -> None:
+def run_worker(base_dir: Path, out: Path, resume: bool, identity: str = "v1", **spec: object) -> TrainResult:
     """Train on the tiny model and export the best adapter (what the worker process does)."""
     import torch
     from test_train_batches import tiny_plan
@@ -35,8 +36,9 @@ def run_worker(base_dir: Path, out: Path, resume: bool, identity: str = "v1", **
     set_seed(0)
     model = attach_lora(load_base(str(base_dir)).model, LoraSpec(r=4, alpha=8, dropout=0.1))
     plan = tiny_plan(base_dir, n_train=32, micro=4)
-    train(model, plan, TrainSpec(**{**SPEC, **spec}), out, identity={"data": identity}, resume=resume)
+    result = train(model, plan, TrainSpec(**{**SPEC, **spec}), out, identity={"data": identity}, resume=resume)
     export_adapter(model, out / "adapter", {"seed": 0})
+    return result
 
 
 def _spawn(base_dir: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -81,6 +83,24 @@ def test_new_run_into_a_used_output_is_refused(tiny_base_dir: Path, tmp_path: Pa
     run_worker(tiny_base_dir, tmp_path, resume=False, max_steps=2)
     with pytest.raises(TrainError, match="pass --resume"):
         run_worker(tiny_base_dir, tmp_path, resume=False, max_steps=2)
+
+
+def test_resuming_an_early_stopped_run_goes_straight_to_its_adapter(tiny_base_dir: Path, tmp_path: Path) -> None:
+    # an lr this high overshoots at once, so eval loss never improves on the first eval
+    stopping = dict(lr=0.5, epochs=6, eval_every=0.25, early_stopping_patience=2)
+    first = run_worker(tiny_base_dir, tmp_path, resume=False, **stopping)
+    assert first.stop_reason.startswith("early stop") and first.final_step < first.total_steps
+    adapter = (tmp_path / "adapter" / WEIGHTS).read_bytes()
+    again = run_worker(tiny_base_dir, tmp_path, resume=True, **stopping)
+    assert (again.final_step, again.best_step) == (first.final_step, first.best_step)
+    assert again.stop_reason == first.stop_reason
+    assert (tmp_path / "adapter" / WEIGHTS).read_bytes() == adapter
+
+
+def test_resume_with_nothing_to_resume_is_refused_naming_the_fix(tiny_base_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match=rf"{tmp_path}: --resume was given but there is no complete .*drop --resume"):
+        run_worker(tiny_base_dir, tmp_path, resume=True, max_steps=2)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 if __name__ == "__main__":

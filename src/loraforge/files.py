@@ -1,5 +1,5 @@
-"""File helpers every stage shares: atomic writes (a killed process leaves the old artifact or the
-new one, never half of one) and content hashes."""
+"""File helpers every stage shares: where loraforge keeps its caches, atomic writes (a killed
+process leaves the old artifact or the new one, never half of one) and content hashes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def loraforge_home() -> Path:
+    """Converted bases, fingerprints and the data and gate caches live here ($LORAFORGE_HOME)."""
+    return Path(os.environ.get("LORAFORGE_HOME", Path.home() / ".cache" / "loraforge")).expanduser()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

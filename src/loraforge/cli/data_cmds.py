@@ -14,16 +14,6 @@ from loraforge.cli.render import data_summary
 from loraforge.config import DEFAULT_BASE, DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
 
 console = Console()
-DEFAULT_CONTEXT = 2048  # used only when a base config states no max_position_embeddings
-
-
-def _context_length(base_spec: str) -> int:
-    from transformers import AutoConfig
-
-    from loraforge.models import resolve_base
-
-    config = AutoConfig.from_pretrained(str(resolve_base(base_spec)))
-    return int(getattr(config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
 
 
 def prepare(
@@ -35,22 +25,13 @@ def prepare(
 
     Bad rows stop it with every problem listed (exit 2, nothing written) unless data.on_error=skip.
     """
-    from loraforge.data import prepare_data, render_marked
-    from loraforge.models import load_tokenizer
-    from loraforge.models.base import loraforge_home
-    from loraforge.pipeline.replay import resolve_replay
+    from loraforge.data import render_marked
+    from loraforge.models import base_context_length, load_tokenizer
+    from loraforge.pipeline.prepare import prepare_for_run
 
     config = load(config_path, overrides)
     tokenizer = load_tokenizer(config.base)
-    data = prepare_data(
-        resolve_replay(config.data, config.base, tokenizer, progress=True),
-        tokenizer,
-        seed=config.train.seed,
-        context_length=_context_length(config.base),
-        out_dir=config.output,
-        cache_dir=loraforge_home() / "data-cache",
-        progress=True,
-    )
+    data = prepare_for_run(config, tokenizer, base_context_length(config.base), progress=True)
     console.print(data_summary(data.report, config.output))
     color = sys.stdout.isatty()
     for example in data.train[:show]:
@@ -66,20 +47,28 @@ def distill(
     base: str = typer.Option(DEFAULT_BASE, "--base", help="Base that answers: alias, HF directory or .gguf."),
     max_new_tokens: int = typer.Option(DISTILL_MAX_NEW_TOKENS, "--max-new-tokens", min=1, help="Answer cap."),
     batch_size: int = typer.Option(DISTILL_BATCH, "--batch-size", min=1, help="Prompts generated together."),
+    template: Path | None = typer.Option(
+        None, "--template", help="Jinja chat template the base answers in: the run's data.template (default: its own)."
+    ),
 ) -> None:
     """Answer each prompt with the base itself (greedy) and write training rows for data.replay.
 
     Mixing these rows into training keeps the base's general skills (self-distillation replay).
     Unfinished answers and answers failing a row's `checks` are dropped.
     """
+    from loraforge.data import resolve_chat_template
     from loraforge.models import load_base
     from loraforge.pipeline.distill import distill as run_distill
     from loraforge.pipeline.distill import read_prompts, write_rows
 
     prompts = read_prompts(prompts_path)
     loaded = load_base(base)
+    chat_template = resolve_chat_template(loaded.tokenizer, template)
     console.print(f"answering {len(prompts)} prompts with {base} (greedy, up to {max_new_tokens} tokens)")
-    result = run_distill(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True)
+    result = run_distill(
+        loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True,
+        chat_template=chat_template,
+    )  # fmt: skip
     write_rows(out, result.rows)
     dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(result.dropped.items())) or "none"
     console.print(f"wrote {len(result.rows)} rows to {out} (dropped: {dropped})", highlight=False)

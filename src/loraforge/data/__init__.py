@@ -23,7 +23,7 @@ from loraforge.data.packing import (
     packing_efficiency,
     summed_token_loss,
 )
-from loraforge.data.prepare import REPORT_NAME, prepare_data
+from loraforge.data.prepare import DATA_CACHE_SUBDIR, REPORT_NAME, prepare_data, write_data_report
 from loraforge.data.records import ReadResult, read_records
 from loraforge.data.types import IGNORE_INDEX, PackedSequence, PreparedData, Record, TokenizedExample
 
@@ -43,6 +43,7 @@ __all__ = [
     "pack_rows",
     "packing_efficiency",
     "prepare_data",
+    "DATA_CACHE_SUBDIR",
     "read_records",
     "render_chat",
     "render_marked",
@@ -51,4 +52,5 @@ __all__ = [
     "template_sha256",
     "tokenize_record",
     "truncate_example",
+    "write_data_report",
 ]

@@ -36,6 +36,7 @@ from loraforge.errors import DataError
 from loraforge.files import sha256_file, write_json_atomic
 
 REPORT_NAME = "data_report.json"
+DATA_CACHE_SUBDIR = "cache/data"  # under LORAFORGE_HOME: one cache for prepare, train and the demo
 AUTO_PERCENTILE = 95  # max_seq_len auto: covers 95% of rows whole; the longest 5% lose prompt tokens
 SEQ_LEN_MULTIPLE = 64  # kernels and packing work in multiples of 64
 TOKENIZE_BATCH = 512  # rows per tokenizer call: the Rust tokenizer batches across cores
@@ -182,14 +183,15 @@ def prepare_data(
     cached = load_prepared(cache_dir, key) if cache_dir is not None else None
     if cached is not None:
         cached.report["cached"] = True
-        _write_report(out_dir, cached.report)
+        cached.chat_template = template  # part of the key, so the template that rendered the entry
+        write_data_report(out_dir, cached.report)
         return cached
     data = _prepare_fresh(spec, tokenizer, template, seed=seed, context_length=context_length, progress=progress)
     data.report["cache_key"] = key
     if cache_dir is not None:
         save_prepared(cache_dir, key, data)
     data.report["cached"] = False
-    _write_report(out_dir, data.report)
+    write_data_report(out_dir, data.report)
     return data
 
 
@@ -206,7 +208,7 @@ def _paths(spec: DataSpec) -> dict[str, Path]:
     return {name: path for name, path in _named_paths(spec).items() if path is not None and path.is_file()}
 
 
-def _write_report(out_dir: Path | None, report: dict[str, Any]) -> None:
+def write_data_report(out_dir: Path | None, report: dict[str, Any]) -> None:
     if out_dir is not None:
         write_json_atomic(out_dir / REPORT_NAME, report)
 
@@ -258,7 +260,9 @@ def _prepare_fresh(
         read, hygiene, pii, stage, spec, train=train, eval_examples=eval_examples, lengths=lengths,
         max_seq_len=max_seq_len, template=template, tokenizer=tokenizer, seed=seed,
     )  # fmt: skip
-    return PreparedData(train=train, eval=eval_examples, golden=golden, max_seq_len=max_seq_len, report=report)
+    return PreparedData(
+        train=train, eval=eval_examples, golden=golden, max_seq_len=max_seq_len, report=report, chat_template=template
+    )
 
 
 def build_report(

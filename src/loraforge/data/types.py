@@ -4,7 +4,8 @@ Record           a validated jsonl row, normalised to chat messages (or raw text
 TokenizedExample one rendered row: token ids, labels (-100 where no loss), whether it is a replay row
 PackedSequence   several examples packed into one training row, positions restarting per example,
                  or continuing behind one shared copy of the prefix they all begin with
-PreparedData     train/eval examples, the golden records, the resolved max_seq_len and the report
+PreparedData     train/eval examples, the golden records, the resolved max_seq_len, the report and
+                 the chat template the rows were rendered with
 """
 
 from __future__ import annotations
@@ -76,3 +77,4 @@ class PreparedData:
     golden: list[Record]
     max_seq_len: int
     report: dict[str, Any] = field(default_factory=dict)
+    chat_template: str = ""  # what rendered the rows (data.template, else the tokenizer's): gated and served as trained

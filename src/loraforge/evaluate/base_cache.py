@@ -24,8 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from loraforge.data.cache import tokenizer_sha256
 from loraforge.evaluate.scoring import Case
-from loraforge.files import write_json_atomic
-from loraforge.models.base import loraforge_home
+from loraforge.files import loraforge_home, write_json_atomic
 
 # bump when scoring changes what it returns for the same inputs;
 # 2: batches in prompt-length order, a prefix shared by a batch's prompts encoded once
@@ -42,6 +41,7 @@ def base_cache_key(
     cases: Sequence[Case],
     batch_size: int,
     give_up_after: int | None = None,
+    chat_template: str | None = None,
 ) -> str:
     """sha256 over everything the base's answers and reference losses depend on."""
     parameter = next(model.parameters())
@@ -51,7 +51,7 @@ def base_cache_key(
         "base": fingerprint,
         "weights": weights_checksum(model),
         "tokenizer": tokenizer_sha256(tokenizer),
-        "chat_template": getattr(tokenizer, "chat_template", None),
+        "chat_template": chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None),
         "generation": generation.to_json_string() if generation is not None else None,
         "cases": [[list(c.prompt), c.reference, c.max_new_tokens, list(c.checks)] for c in cases],
         "batch_size": batch_size,

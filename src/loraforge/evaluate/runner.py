@@ -18,6 +18,7 @@ from typing import Any
 from peft import PeftModel
 
 from loraforge.config import EvalSpec
+from loraforge.data.chat import resolve_chat_template, template_sha256
 from loraforge.data.types import Record
 from loraforge.errors import EvalError, ModelError
 from loraforge.evaluate.base_cache import base_cache_key, load_scored, store_scored
@@ -29,6 +30,7 @@ from loraforge.evaluate.scoring import (
     RowResult,
     answer_and_score,
     cases_from_records,
+    prompt_text,
     score_role,
     slice_scores,
 )
@@ -92,16 +94,19 @@ def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
 
 
 def _base_scored(
-    base: LoadedBase, model: PeftModel, cases: list[Case], batch_size: int, give_up_after: int | None
+    base: LoadedBase, model: PeftModel, cases: list[Case], spec: EvalSpec, chat_template: str
 ) -> tuple[list[str], list[tuple[float, int]], str]:
     """The base's answers and reference losses: from the cache when the same base scored the same
     cases before ("hit"), else scored now and stored ("miss")."""
-    key = base_cache_key(base.fingerprint, model, base.tokenizer, cases, batch_size, give_up_after)
+    batch_size, give_up_after = spec.batch_size, spec.give_up_after
+    key = base_cache_key(base.fingerprint, model, base.tokenizer, cases, batch_size, give_up_after, chat_template)
     cached = load_scored(key, len(cases))
     if cached is not None:
         return *cached, "hit"
     with as_role(model, "base", str(model.active_adapter)):
-        answers, nll = answer_and_score(model, base.tokenizer, cases, batch_size, "gate: base", give_up_after)
+        answers, nll = answer_and_score(
+            model, base.tokenizer, cases, batch_size, "gate: base", give_up_after, chat_template=chat_template
+        )
     store_scored(key, (answers, nll))
     return answers, nll, "miss"
 
@@ -116,14 +121,19 @@ def run_gate(
     *,
     info: dict[str, Any] | None = None,
     notes: list[str] | None = None,
+    chat_template: str | None = None,
 ) -> GateReport:
-    """Score base vs adapter (vs against) per slice, decide pass/block, write report.json/md/html."""
+    """Score base vs adapter (vs against) per slice, decide pass/block, write report.json/md/html.
+
+    Every role is prompted in `chat_template`, the template the adapter was trained with (the
+    manifest records it); None: the tokenizer's own."""
     cases = gate_cases(golden, spec)
+    template = chat_template or resolve_chat_template(base.tokenizer)
     roles = ["base", "adapter"] + (["against"] if against is not None else [])
     candidate = str(adapter_model.active_adapter)
     was_training = adapter_model.training
     adapter_model.eval()
-    rows = [RowResult(case) for case in cases]
+    rows = [RowResult(case, prompt=prompt_text(base.tokenizer, case, template)) for case in cases]
     seconds: dict[str, float] = {}
     base_cache = "off"
     try:
@@ -132,12 +142,13 @@ def run_gate(
         for role in roles:
             started = time.perf_counter()
             if role == "base" and spec.cache_base:
-                answers, nll, base_cache = _base_scored(base, adapter_model, cases, spec.batch_size, spec.give_up_after)
+                answers, nll, base_cache = _base_scored(base, adapter_model, cases, spec, template)
             else:
                 with as_role(adapter_model, role, candidate, merge=spec.merge):
                     answers, nll = answer_and_score(
-                        adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}", spec.give_up_after
-                    )
+                        adapter_model, base.tokenizer, cases, spec.batch_size, f"gate: {role}", spec.give_up_after,
+                        chat_template=template,
+                    )  # fmt: skip
             score_role(role, rows, answers, nll)
             seconds[role] = round(time.perf_counter() - started, 2)
     finally:
@@ -153,6 +164,7 @@ def run_gate(
         "eval": spec.model_dump(mode="json"),
         "seconds": seconds,
         "base_cache": base_cache,
+        "chat_template_sha256": template_sha256(template),
         **(info or {}),
     }
     report = GateReport(

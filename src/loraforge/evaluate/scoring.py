@@ -1,7 +1,9 @@
 """Golden cases, what each model answers, the reference loss, and the per-slice scores.
 
 A case is a golden Record split into its prompt (every turn before the last) and its reference
-answer (the last assistant turn). Models are named by role: `base`, `adapter`, `against`.
+answer (the last assistant turn). Models are named by role: `base`, `adapter`, `against`. Prompts
+and references are rendered in `chat_template`, the template the adapter was trained with
+(None: the tokenizer's own).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from loraforge.data.types import IGNORE_INDEX, Message, Record
 from loraforge.errors import EvalError
 from loraforge.evaluate.checks import DEFAULT_CHECKS, CheckSpec, check_problems, hopeless_test, run_checks
 from loraforge.models.forward import logits_at_labels, summed_nll_per_row
-from loraforge.models.generate import generate_chat, score_then_generate
+from loraforge.models.generate import generate_chat, render_prompt, score_then_generate
 
 DEFAULT_SLICE = "golden"  # a golden row without "slice"
 
@@ -48,6 +50,7 @@ class RowResult:
     """One case scored for every model role."""
 
     case: Case
+    prompt: str = ""  # the generation prompt as rendered for every role, chat template included
     outputs: dict[str, str] = field(default_factory=dict)
     passed: dict[str, bool] = field(default_factory=dict)
     failures: dict[str, list[str]] = field(default_factory=dict)  # role -> why each failing check failed
@@ -61,6 +64,7 @@ class RowResult:
             "slice": self.case.slice,
             "where": self.case.where,
             "question": self.case.question,
+            "prompt": self.prompt,
             "reference": self.case.reference,
             "checks": list(self.case.checks or DEFAULT_CHECKS),
             "outputs": self.outputs,
@@ -127,15 +131,22 @@ def cases_from_records(
 
 
 def generate_answers(
-    model: Any, tokenizer: PreTrainedTokenizerBase, cases: Sequence[Case], batch_size: int, desc: str
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    cases: Sequence[Case],
+    batch_size: int,
+    desc: str,
+    chat_template: str | None = None,
 ) -> list[str]:
     """Greedy answers in case order, each to its end or max_new_tokens; cases sharing max_new_tokens
     are batched together."""
     answers: dict[int, str] = {}
-    lengths = [len(prompt_ids(tokenizer, case)) for case in cases]
+    lengths = [len(prompt_ids(tokenizer, case, chat_template)) for case in cases]
     for budget, chunk in tqdm(_batches(cases, batch_size, lengths), desc=desc, unit="batch", disable=None):
         conversations = [list(cases[i].prompt) for i in chunk]
-        outs = generate_chat(model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk))
+        outs = generate_chat(
+            model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk), chat_template=chat_template
+        )
         answers.update(zip(chunk, outs, strict=True))
     return [answers[i] for i in range(len(cases))]
 
@@ -147,6 +158,7 @@ def answer_and_score(
     batch_size: int,
     desc: str,
     give_up_after: int | None = None,
+    chat_template: str | None = None,
 ) -> tuple[list[str], list[tuple[float, int]]]:
     """Greedy answers and the reference answer's (summed NLL, token count), in case order.
 
@@ -158,10 +170,10 @@ def answer_and_score(
     """
     answers: dict[int, str] = {}
     scores: dict[int, tuple[float, int]] = {}
-    all_prompts = [prompt_ids(tokenizer, case) for case in cases]  # encoded once: batching and scoring
+    all_prompts = [prompt_ids(tokenizer, case, chat_template) for case in cases]  # once: batching and scoring
     batches = _batches(cases, batch_size, [len(p) for p in all_prompts])
     for budget, chunk in tqdm(batches, desc=desc, unit="batch", disable=None):
-        encoded = [encode_reference(tokenizer, cases[i]) for i in chunk]
+        encoded = [encode_reference(tokenizer, cases[i], chat_template) for i in chunk]
         prompts = [all_prompts[i] for i in chunk]
         hopeless = [hopeless_test(cases[i].checks, cases[i].reference) for i in chunk]
         if all(ids[: len(p)] == p and len(ids) > len(p) for (ids, _), p in zip(encoded, prompts, strict=True)):
@@ -180,7 +192,7 @@ def answer_and_score(
             conversations = [list(cases[i].prompt) for i in chunk]
             outs = generate_chat(
                 model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk),
-                hopeless=hopeless, give_up_after=give_up_after,
+                hopeless=hopeless, give_up_after=give_up_after, chat_template=chat_template,
             )  # fmt: skip
             nll = _reference_nll(model, tokenizer, encoded)
         answers.update(zip(chunk, outs, strict=True))
@@ -206,18 +218,25 @@ def _batches(cases: Sequence[Case], batch_size: int, lengths: Sequence[int]) -> 
     return batches
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, case: Case) -> list[int]:
+def prompt_text(tokenizer: PreTrainedTokenizerBase, case: Case, chat_template: str | None = None) -> str:
+    """The generation prompt as every role sees it (report.json keeps it per row)."""
+    return render_prompt(tokenizer, case.prompt, chat_template)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, case: Case, chat_template: str | None = None) -> list[int]:
     """The generation prompt's token ids, as generate_chat encodes them."""
-    text = tokenizer.apply_chat_template(list(case.prompt), tokenize=False, add_generation_prompt=True)
+    text = render_prompt(tokenizer, case.prompt, chat_template)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_reference(tokenizer: PreTrainedTokenizerBase, case: Case) -> tuple[list[int], list[int]]:
+def encode_reference(
+    tokenizer: PreTrainedTokenizerBase, case: Case, chat_template: str | None = None
+) -> tuple[list[int], list[int]]:
     """Token ids of the whole conversation and labels that keep only the reference answer tokens
-    (plus the end-of-turn token right after it), rendered with the base's chat template."""
+    (plus the end-of-turn token right after it), rendered in `chat_template`."""
     messages = [*case.prompt, {"role": "assistant", "content": case.reference}]
-    text = str(tokenizer.apply_chat_template(messages, tokenize=False))  # tokenize=False renders text
-    prompt = str(tokenizer.apply_chat_template(list(case.prompt), tokenize=False, add_generation_prompt=True))
+    text = str(tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template))
+    prompt = render_prompt(tokenizer, case.prompt, chat_template)
     answer = case.reference.strip()
     # the answer starts where the generation prompt ends; templates that rewrite earlier turns fall back to search
     start = text.find(answer, len(prompt)) if text.startswith(prompt) else text.rfind(answer)

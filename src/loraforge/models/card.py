@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loraforge.models.base import LoadedBase
+from loraforge.models.base import LoadedBase, context_length
 from loraforge.models.lora import linear_module_names
 
 
@@ -39,7 +39,7 @@ def base_card(base: LoadedBase, template_lines: int = 6) -> BaseCard:
         layers=int(getattr(config, "num_hidden_layers", 0)),
         hidden_size=int(getattr(config, "hidden_size", 0)),
         vocab_size=int(getattr(config, "vocab_size", 0)),
-        context_length=int(getattr(config, "max_position_embeddings", 0)),
+        context_length=context_length(config),
         linear_modules=linear_module_names(base.model),
         dtype=str(base.dtype).removeprefix("torch."),
         chat_template_head="\n".join(template.splitlines()[:template_lines]),

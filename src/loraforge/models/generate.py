@@ -1,4 +1,7 @@
-"""Batched chat generation with the base's own chat template: greedy, or sampled for probe building."""
+"""Batched chat generation, greedy or sampled (for probe building), in a given chat template.
+
+`chat_template` is the Jinja text the model was trained with (data.template, else the tokenizer's);
+None renders with the tokenizer's own."""
 
 from __future__ import annotations
 
@@ -50,12 +53,14 @@ def generate_chat(
     batch_size: int = 8,
     hopeless: Sequence[Hopeless] | None = None,
     give_up_after: int | None = None,
+    chat_template: str | None = None,
 ) -> list[str]:
     """Greedy answers for each conversation (its last turn is the user's), in input order. With
     `hopeless` (one test per conversation) and `give_up_after`, a row ends once its test is True."""
     batches = _generate(
-        model, tokenizer, conversations, batch_size, False, hopeless, give_up_after, max_new_tokens=max_new_tokens
-    )
+        model, tokenizer, conversations, batch_size, False, hopeless, give_up_after, chat_template,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
     return [text for batch in batches for text, _ in batch]
 
 
@@ -66,10 +71,14 @@ def generate_chat_finished(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     progress: bool = False,
+    chat_template: str | None = None,
 ) -> list[tuple[str, bool]]:
     """(answer, finished) per conversation: finished is False when the answer hit max_new_tokens
     before an end-of-turn token, so it is cut off mid-thought."""
-    batches = _generate(model, tokenizer, conversations, batch_size, progress, max_new_tokens=max_new_tokens)
+    batches = _generate(
+        model, tokenizer, conversations, batch_size, progress, chat_template=chat_template,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
     return [answer for batch in batches for answer in batch]
 
 
@@ -84,6 +93,7 @@ def sample_chat(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = False,
+    chat_template: str | None = None,
 ) -> list[list[str]]:
     """`samples` answers per conversation drawn at `temperature` (seeded), in input order.
 
@@ -91,7 +101,7 @@ def sample_chat(
     torch.manual_seed(seed)
     per_batch = max(1, batch_size // samples)
     batches = _generate(
-        model, tokenizer, conversations, per_batch, progress,
+        model, tokenizer, conversations, per_batch, progress, chat_template=chat_template,
         max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
         num_return_sequences=samples,
     )  # fmt: skip
@@ -107,6 +117,7 @@ def _generate(
     progress: bool,
     hopeless: Sequence[Hopeless] | None = None,
     give_up_after: int | None = None,
+    chat_template: str | None = None,
     **generate_kwargs: object,
 ) -> list[list[tuple[str, bool]]]:
     """Per batch of conversations, (answer, finished) per generated sequence, in input order."""
@@ -118,7 +129,7 @@ def _generate(
     try:
         for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
             chunk = conversations[start : start + batch_size]
-            texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in chunk]
+            texts = [render_prompt(tokenizer, c, chat_template) for c in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = enc.to(model.device)
             width = enc["input_ids"].shape[1]
@@ -136,6 +147,16 @@ def _generate(
     finally:
         tokenizer.padding_side = previous_side
     return results
+
+
+def render_prompt(
+    tokenizer: PreTrainedTokenizerBase, conversation: Sequence[Message], chat_template: str | None = None
+) -> str:
+    """The generation prompt of a conversation in `chat_template` (None: the tokenizer's own)."""
+    text = tokenizer.apply_chat_template(
+        list(conversation), tokenize=False, add_generation_prompt=True, chat_template=chat_template
+    )
+    return str(text)
 
 
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

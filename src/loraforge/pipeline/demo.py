@@ -18,15 +18,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from loraforge.config import DEFAULT_BASE, Config, apply_overrides, validate_config
-from loraforge.data import prepare_data
 from loraforge.data.types import PreparedData
 from loraforge.errors import ConfigError, ResumeRefused
 from loraforge.evaluate import GateReport
 from loraforge.files import write_text_atomic
 from loraforge.models import load_base, load_tokenizer
-from loraforge.models.base import fast_bf16_available, loraforge_home
+from loraforge.models.base import fast_bf16_available
 from loraforge.models.card import BaseCard, base_card
-from loraforge.pipeline.replay import resolve_replay
+from loraforge.pipeline.prepare import prepare_for_run
 from loraforge.pipeline.run import RunOutcome, train_and_gate
 from loraforge.train.checkpoint import complete_checkpoints
 
@@ -122,7 +121,7 @@ def run_demo(config: Config, show: Show) -> DemoResult:
         },
     )
     train_started = time.perf_counter()
-    outcome = train_again_or_afresh(config, show, lambda: step_prepare(config, tokenizer, card.context_length))
+    outcome = train_again_or_afresh(config, show)
     finished = time.perf_counter()
     show("train", outcome.train)
     if outcome.gate is not None:
@@ -145,14 +144,13 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     return DemoResult(config, card, data, outcome)
 
 
-def train_again_or_afresh(config: Config, show: Show, prepare: Callable[[], PreparedData]) -> RunOutcome:
+def train_again_or_afresh(config: Config, show: Show) -> RunOutcome:
     """Train and gate; a second `make demo` must work too. Where the output holds an earlier demo run
     of the same config, base and data, that run is resumed (a finished one goes straight to the gate,
     whose base answers are cached). Where any of them changed, the earlier run's files are moved to
-    OUTPUT.previous (replacing an older one) and training starts afresh; `prepare` then rewrites the
-    data report. OUTPUT/data (the --quick slices of the inputs, written for this run) stays. By then
-    this run has already rewritten config.yaml and data_report.json, so the earlier run's own config
-    and data hashes are the ones in OUTPUT.previous/adapter/loraforge.json (the adapter's manifest)."""
+    OUTPUT.previous (replacing an older one) and training starts afresh. OUTPUT/data (the --quick
+    slices of the inputs, written for this run) stays. The refused resume writes nothing, so the
+    earlier run's config.yaml and data_report.json move with it unchanged."""
     if not complete_checkpoints(config.output / "checkpoints"):
         return train_and_gate(config)
     show("note", f"{config.output} holds an earlier demo run: resuming it (a finished run goes straight to the gate)")
@@ -166,21 +164,13 @@ def train_again_or_afresh(config: Config, show: Show, prepare: Callable[[], Prep
             if entry.name != "data":
                 entry.rename(previous / entry.name)
         show("note", f"the earlier run's config, base or data differ: moved it to {previous}; training afresh")
-        prepare()
         return train_and_gate(config)
 
 
 def step_prepare(config: Config, tokenizer: PreTrainedTokenizerBase, context_length: int) -> PreparedData:
-    """The data stage alone, for its report; `train` finds the result in the cache."""
-    return prepare_data(
-        resolve_replay(config.data, config.base, tokenizer, progress=True),
-        tokenizer,
-        seed=config.train.seed,
-        context_length=context_length,  # as train computes it, so train hits the cache
-        out_dir=config.output,
-        cache_dir=loraforge_home() / "cache" / "data",
-        progress=True,
-    )
+    """The data stage alone, for its report; `train` finds the result in the cache and writes
+    OUTPUT/data_report.json once it knows the run goes ahead (an earlier run's report stays until then)."""
+    return prepare_for_run(config, tokenizer, context_length, write_report=False, progress=True)
 
 
 def side_by_side(report: GateReport, n: int = 3) -> list[dict[str, str]]:

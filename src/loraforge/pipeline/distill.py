@@ -120,12 +120,15 @@ def distill(
     max_new_tokens: int = DISTILL_MAX_NEW_TOKENS,
     batch_size: int = DISTILL_BATCH,
     progress: bool = False,
+    chat_template: str | None = None,
 ) -> DistillResult:
-    """The base's greedy answer to each prompt, as training rows; unfinished or failing answers dropped."""
+    """The base's greedy answer to each prompt, as training rows; unfinished or failing answers dropped.
+
+    `chat_template` is the template the run trains with (data.template); None: the tokenizer's own."""
     from loraforge.models.generate import generate_chat_finished
 
     answers = generate_chat_finished(
-        base.model, base.tokenizer, [p.messages for p in prompts], max_new_tokens, batch_size, progress
+        base.model, base.tokenizer, [p.messages for p in prompts], max_new_tokens, batch_size, progress, chat_template
     )
     result = DistillResult(rows=[])
     for prompt, (answer, finished) in zip(prompts, answers, strict=True):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from loraforge.config import Config
-from loraforge.data import REPORT_NAME, read_records
+from loraforge.data import REPORT_NAME, read_records, resolve_chat_template
 from loraforge.data.types import Record
 from loraforge.errors import EvalError
 from loraforge.evaluate import GateReport, run_gate
@@ -55,6 +55,15 @@ def golden_freeze_notes(golden: Path, current: str, recorded: str | None, source
     ]
 
 
+def trained_template(adapter_dir: Path, config: Config, tokenizer: Any) -> str:
+    """The chat template the adapter was trained with, as its manifest records it; for an adapter
+    without one (plain PEFT, or trained before manifests held it), data.template or the tokenizer's."""
+    recorded = (read_manifest(adapter_dir) or {}).get("chat_template")
+    if isinstance(recorded, str) and recorded.strip():
+        return recorded
+    return resolve_chat_template(tokenizer, config.data.template)
+
+
 def read_golden(config: Config) -> tuple[list[Record], str | None]:
     path = config.data.golden
     if path is None:
@@ -90,6 +99,8 @@ def evaluate_run(
     info["precision"] = str(dtype).removeprefix("torch.")
     base = load_base(config.base, dtype=dtype, device=device)
     model = load_adapter(base.model, adapter_dir, base.fingerprint)
+    template = trained_template(adapter_dir, config, base.tokenizer)
     return run_gate(
-        base, model, golden, config.eval, config.output / EVAL_DIR_NAME, against_dir, info=info, notes=notes
-    )
+        base, model, golden, config.eval, config.output / EVAL_DIR_NAME, against_dir, info=info, notes=notes,
+        chat_template=template,
+    )  # fmt: skip

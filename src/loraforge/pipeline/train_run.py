@@ -23,18 +23,25 @@ from transformers import set_seed
 from loraforge.batching import StepSize, step_size
 from loraforge.config import Config, TrainSpec
 from loraforge.config_text import render_yaml, to_plain
-from loraforge.data import PreparedData, collate_packed, collate_padded, pack_rows, prepare_data
+from loraforge.data import (
+    PreparedData,
+    collate_packed,
+    collate_padded,
+    pack_rows,
+    template_sha256,
+    write_data_report,
+)
 from loraforge.errors import TrainError
 from loraforge.files import write_text_atomic
-from loraforge.models import LoadedBase, attach_lora, load_base
-from loraforge.models.base import loraforge_home
-from loraforge.pipeline.replay import resolve_replay
+from loraforge.models import LoadedBase, attach_lora, context_length, load_base
+from loraforge.pipeline.prepare import prepare_for_run
 from loraforge.train import (
     BatchPlan,
     TrainResult,
     export_adapter,
     qlora_quantization_config,
     resolve_base_dtype,
+    resume_point,
     save_initial_adapter,
     train,
 )
@@ -53,35 +60,36 @@ class TrainRun:
 
 
 def run_training(config: Config, *, resume: bool = False, accelerator: Accelerator | None = None) -> TrainRun:
-    """`loraforge train CONFIG`: train, keep the best checkpoint, write OUTPUT/adapter with its manifest."""
+    """`loraforge train CONFIG`: train, keep the best checkpoint, write OUTPUT/adapter with its manifest.
+
+    A run that may not go ahead (a changed run to resume, a --resume with nothing to resume, a fresh
+    run into a used output) is refused before anything is written, so the earlier run's files stay."""
     accelerator = accelerator or Accelerator()
     out_dir = config.output
     base = load_train_base(config, accelerator.device)
     with accelerator.main_process_first():  # the main process fills the data cache; the others read it
-        data = prepare_data(
-            resolve_replay(config.data, config.base, base.tokenizer, progress=accelerator.is_main_process),
-            base.tokenizer,
-            seed=config.train.seed,
-            context_length=int(getattr(base.model.config, "max_position_embeddings", 2048)),
-            out_dir=out_dir if accelerator.is_main_process else None,
-            cache_dir=loraforge_home() / "cache" / "data",
+        data = prepare_for_run(
+            config, base.tokenizer, context_length(base.model.config), write_report=False,
             progress=accelerator.is_main_process,
-        )
+        )  # fmt: skip
+    identity = run_identity(config, base.fingerprint, data)
+    resume_point(out_dir, identity, resume)
     batches, step = build_batch_plan(config, data, base, accelerator)
     spec = config.train.model_copy(update={"micro_batch_size": step.micro_batch_size, "grad_accum": step.grad_accum})
     if accelerator.is_main_process:
         tqdm.write(describe_step(step, len(batches.train_rows), config.train, accelerator.num_processes))
-    set_seed(config.train.seed)  # LoRA init and dropout; same seed, same adapter bytes
+    set_seed(config.train.seed)  # LoRA init, the same on every process; same seed, same adapter bytes
     model = attach_lora(base.model, config.lora)
     initial_dir = _save_pissa_init(model, config, accelerator)
     if accelerator.is_main_process:
+        write_data_report(out_dir, data.report)
         write_text_atomic(out_dir / "config.yaml", render_yaml(config))
     result = train(
         model,
         batches,
         spec,
         out_dir,
-        identity=run_identity(config, base.fingerprint, data),
+        identity=identity,
         resume=resume,
         loraplus_lr_ratio=config.lora.loraplus_lr_ratio if config.lora.variant == "loraplus" else None,
         accelerator=accelerator,
@@ -200,7 +208,9 @@ def build_manifest(
         "seed": config.train.seed,
         "config": to_plain(config),
         "versions": library_versions(),
-        "chat_template": base.chat_template,
+        # the template the rows were rendered with: the gate and serving prompt in it (docs/training.md)
+        "chat_template": data.chat_template,
+        "chat_template_sha256": template_sha256(data.chat_template),
         "train": {
             "best_step": result.best_step,
             "best_eval_loss": result.best_eval_loss,

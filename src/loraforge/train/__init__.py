@@ -1,7 +1,7 @@
 """The train stage: one readable loop over PEFT adapters, checkpoints, metrics and the loss plot."""
 
 from loraforge.train.batches import BatchPlan
-from loraforge.train.checkpoint import LoopState, complete_checkpoints
+from loraforge.train.checkpoint import LoopState, complete_checkpoints, resume_point
 from loraforge.train.export import export_adapter, save_initial_adapter
 from loraforge.train.loop import StepPlan, TrainResult, evaluate_loss, plan_steps, train
 from loraforge.train.metrics import MetricsLog, read_metrics
@@ -25,6 +25,7 @@ __all__ = [
     "qlora_quantization_config",
     "read_metrics",
     "resolve_base_dtype",
+    "resume_point",
     "save_initial_adapter",
     "train",
 ]

@@ -25,6 +25,7 @@ from loraforge.errors import ResumeRefused, TrainError
 from loraforge.files import atomic_dir
 from loraforge.models.fingerprint import UNREADABLE_WEIGHTS
 
+CHECKPOINTS_SUBDIR = "checkpoints"  # OUTPUT/checkpoints/step-N
 STATE_NAME = "state.json"
 ADAPTER_SUBDIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -41,6 +42,7 @@ class LoopState:
     best_step: int | None = None
     evals_since_best: int = 0
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    stop_reason: str | None = None  # set when early stopping ended the run: a resume does not train on
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoopState:
@@ -123,6 +125,28 @@ def prune_checkpoints(checkpoints: Path, keep: int, best_step: int | None) -> No
 def read_checkpoint_state(path: Path) -> tuple[LoopState, dict[str, Any]]:
     payload = json.loads((path / STATE_NAME).read_text())
     return LoopState.from_dict(payload["loop"]), payload["identity"]
+
+
+def resume_point(out_dir: Path, identity: dict[str, Any], resume: bool) -> Path | None:
+    """The checkpoint a run continues from, None for a fresh run; refuses, before anything is
+    written, a fresh run into an output holding checkpoints, a --resume with nothing to resume,
+    and a resume whose config, base or data changed (check_identity)."""
+    checkpoints = out_dir / CHECKPOINTS_SUBDIR
+    found = complete_checkpoints(checkpoints)
+    if found and not resume:
+        raise TrainError(
+            f"{out_dir}: holds checkpoints of an earlier run (newest {found[-1].name}); pass --resume "
+            "to continue it, or set another output directory"
+        )
+    if not found:
+        if resume:
+            raise TrainError(
+                f"{out_dir}: --resume was given but there is no complete checkpoint to resume "
+                f"({checkpoints}/step-N with a {STATE_NAME}); drop --resume to start a fresh run"
+            )
+        return None
+    check_identity(found[-1], read_checkpoint_state(found[-1])[1], identity)
+    return found[-1]
 
 
 def check_identity(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:

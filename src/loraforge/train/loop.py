@@ -22,28 +22,27 @@ from safetensors.torch import load_file
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, set_seed
 
 from loraforge.config import TrainSpec
-from loraforge.data import IGNORE_INDEX, count_loss_tokens
+from loraforge.data import count_loss_tokens
 from loraforge.errors import TrainError
 from loraforge.train.batches import BatchPlan
 from loraforge.train.checkpoint import (
     ADAPTER_SUBDIR,
     ADAPTER_WEIGHTS,
+    CHECKPOINTS_SUBDIR,
     LoopState,
-    check_identity,
     checkpoint_dir,
-    complete_checkpoints,
     load_checkpoint,
     prune_checkpoints,
-    read_checkpoint_state,
     remove_partial,
+    resume_point,
     rng_state,
     save_checkpoint,
 )
 from loraforge.train.fused_lora import fuse_lora_layers
-from loraforge.train.loss import TokenLossSum
+from loraforge.train.loss import TokenLossSum, anchored_tokens, mean_replay_kl
 from loraforge.train.metrics import MetricsLog
 from loraforge.train.optim import build_optimizer, build_scheduler, trainable_parameters
 from loraforge.train.plot import plot_losses
@@ -129,7 +128,7 @@ class _Run:
 
     @property
     def checkpoints(self) -> Path:
-        return self.out_dir / "checkpoints"
+        return self.out_dir / CHECKPOINTS_SUBDIR
 
     @property
     def tokens_per_s(self) -> float:
@@ -158,38 +157,41 @@ def train(
     resumed_from = state.step or None
     main = run.accelerator.is_main_process
     progress = tqdm(total=plan.total_steps, initial=state.step, desc="train", unit="step", disable=not main)
-    stop_reason = f"reached {plan.total_steps} steps"
+    already_done = state.stop_reason is not None or state.step >= plan.total_steps  # its stop is logged
     model.train()
-    while state.step < plan.total_steps:
+    while state.step < plan.total_steps and state.stop_reason is None:
         started = time.perf_counter()
-        loss, grad_norm, n_tokens, replay_kl = _optimizer_step(run, state)
-        _guard(loss, grad_norm, state.step + 1, spec)
+        stats = _optimizer_step(run, state)
+        _guard(stats.loss, stats.grad_norm, state.step + 1, spec)
         run.scheduler.step()
         state.step += 1
         state.micro_index = min(state.step * grad_accum(spec), plan.total_micro_batches)
         state.epoch = plan.epoch_at(state.micro_index)
         run.seconds += time.perf_counter() - started
-        run.tokens_seen += n_tokens
+        run.tokens_seen += stats.n_tokens
         last = state.step == plan.total_steps
         if state.step % spec.log_every == 0 or last:
-            kl = {"replay_kl": replay_kl} if replay_kl is not None else {}  # mean KL per anchored token
-            run.metrics.log("train", state.step, epoch=round(state.epoch, 4), loss=loss, grad_norm=grad_norm, **kl,
-                            lr=run.scheduler.get_last_lr()[0], tokens_per_s=round(run.tokens_per_s, 1))  # fmt: skip
-        improved, stop = False, None
+            kl = {"replay_kl": stats.replay_kl} if stats.replay_kl is not None else {}  # mean KL per anchored token
+            run.metrics.log("train", state.step, epoch=round(state.epoch, 4), loss=stats.loss,
+                            grad_norm=stats.grad_norm, **kl, lr=run.scheduler.get_last_lr()[0],
+                            tokens_per_s=round(run.tokens_per_s, 1))  # fmt: skip
+        improved = False
         if state.step % plan.eval_every_steps == 0 or last:
-            improved, stop = _evaluate_and_track(run, state)
+            improved, state.stop_reason = _evaluate_and_track(run, state)
         progress.update(1)
-        progress.set_postfix(epoch=f"{state.epoch:.2f}", loss=f"{loss:.4f}", eval=_last_eval(state),
+        progress.set_postfix(epoch=f"{state.epoch:.2f}", loss=f"{stats.loss:.4f}", eval=_last_eval(state),
                              tok_s=f"{run.tokens_per_s:.0f}")  # fmt: skip
-        if improved or last or stop or state.step % plan.save_every_steps == 0:
+        # the run's end (last step or early stop) is saved with its stop reason, so a resume of it
+        # goes straight to the same best adapter instead of training on
+        checkpoint_due = improved or last or state.stop_reason is not None or state.step % plan.save_every_steps == 0
+        if checkpoint_due:
             _save(run, state)
-        if stop:
-            stop_reason = stop
-            break
     progress.close()
-    if main:
+    stop_reason = state.stop_reason or f"reached {plan.total_steps} steps"
+    if main and not already_done:
         run.metrics.log("stop", state.step, reason=stop_reason, best_step=state.best_step,
                         best_eval_loss=state.best_eval_loss)  # fmt: skip
+    if main:
         tqdm.write(stop_reason)
     return _finish(run, state, stop_reason, resumed_from)
 
@@ -218,15 +220,24 @@ def _setup(
     )
 
 
-def _optimizer_step(run: _Run, state: LoopState) -> tuple[float, float, int, float | None]:
-    """Accumulate over the step's micro-batches; return (mean token loss, grad norm, tokens seen, mean
-    replay KL per anchored token, None when train.replay_kl is off or the step had no anchored token)."""
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step measured, over all its micro-batches and processes."""
+
+    loss: float  # mean token loss
+    grad_norm: float
+    n_tokens: int  # tokens seen, padding excluded
+    replay_kl: float | None  # mean KL per anchored token; None with train.replay_kl off or no anchored token
+
+
+def _optimizer_step(run: _Run, state: LoopState) -> StepStats:
+    """Accumulate gradients over the step's micro-batches, clip, and step the optimizer."""
     accelerator, spec = run.accelerator, run.spec
     first = state.step * grad_accum(spec)
     last = min(first + grad_accum(spec), run.plan.total_micro_batches)
     micro = run.batches.step_batches(first, last)
     counts = torch.tensor(
-        [sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro), _n_anchored(micro)]
+        [sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro), anchored_tokens(micro)]
     )
     loss_tokens, n_tokens, anchored = (int(v) for v in accelerator.reduce(counts.to(accelerator.device), "sum"))
     # Every token of the optimizer step weighs the same: the sum over all micro-batches and processes
@@ -246,13 +257,8 @@ def _optimizer_step(run: _Run, state: LoopState) -> tuple[float, float, int, flo
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     total, kl_total = accelerator.reduce(sums, reduction="sum").tolist()
-    replay_kl = kl_total / anchored if spec.replay_kl is not None and anchored else None
-    return total / max(loss_tokens, 1), float(grad_norm), n_tokens, replay_kl
-
-
-def _n_anchored(micro: list[dict[str, torch.Tensor]]) -> int:
-    """Replay tokens the KL anchors (as TokenLossSum counts them: after the causal shift, labelled)."""
-    return sum(int((b["anchor"][:, 1:] & (b["labels"][:, 1:] != IGNORE_INDEX)).sum()) for b in micro if "anchor" in b)
+    replay_kl = mean_replay_kl(kl_total, anchored) if spec.replay_kl is not None else None
+    return StepStats(total / max(loss_tokens, 1), float(grad_norm), n_tokens, replay_kl)
 
 
 def _n_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -322,17 +328,14 @@ def _save(run: _Run, state: LoopState) -> None:
 
 def _start_or_resume(run: _Run, resume: bool) -> LoopState:
     """Fresh state, or the newest complete checkpoint restored (after checking nothing changed)."""
-    found = complete_checkpoints(run.checkpoints)
+    newest = resume_point(run.out_dir, run.identity, resume)
     main = run.accelerator.is_main_process
-    if found and not resume:
-        raise TrainError(
-            f"{run.out_dir}: holds checkpoints of an earlier run (newest {found[-1].name}); pass --resume "
-            "to continue it, or set another output directory"
-        )
-    state = LoopState()
-    if found:
-        newest = found[-1]
-        check_identity(newest, read_checkpoint_state(newest)[1], run.identity)
+    if newest is None:
+        state = LoopState()
+        # after the adapter init (same on every process), each process draws its own dropout masks:
+        # with one seed everywhere, every rank would drop the same units of its rows
+        set_seed(run.spec.seed + run.accelerator.process_index)
+    else:
         state = load_checkpoint(newest, run.model, run.optimizer, run.scheduler, rank=run.accelerator.process_index)
         if main:
             tqdm.write(f"resuming from {newest} (step {state.step}, epoch {state.epoch:.2f})")

@@ -88,3 +88,14 @@ def summed_kl(base_logits: torch.Tensor, adapter_logits: torch.Tensor) -> torch.
     base_log_probs = F.log_softmax(base_logits.float(), dim=-1)
     adapter_log_probs = F.log_softmax(adapter_logits.float(), dim=-1)
     return F.kl_div(adapter_log_probs, base_log_probs, log_target=True, reduction="sum")
+
+
+def anchored_tokens(micro: list[dict[str, torch.Tensor]]) -> int:
+    """Replay tokens the KL anchors in these batches, counted as TokenLossSum counts them: after
+    the causal shift, and labelled."""
+    return sum(int((b["anchor"][:, 1:] & (b["labels"][:, 1:] != IGNORE_INDEX)).sum()) for b in micro if "anchor" in b)
+
+
+def mean_replay_kl(kl_sum: float, anchored: int) -> float | None:
+    """The replay KL per anchored token of a step (the logged `replay_kl`); None without anchored tokens."""
+    return kl_sum / anchored if anchored else None

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loraforge.config import DataSpec
-from loraforge.models.base import loraforge_home, resolve_base
+from loraforge.files import loraforge_home
+from loraforge.models.base import resolve_base
 from loraforge.models.fingerprint import base_fingerprint
 
 if TYPE_CHECKING:
