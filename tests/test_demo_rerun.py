@@ -36,7 +36,9 @@ def test_a_second_demo_resumes_and_a_changed_one_moves_the_earlier_run_aside(
 
     again = main(args)  # the same config, base and data: resumed, and already finished
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
-    assert again == first and first in (0, 3)
+    # the tiny random base answers no golden row or probe, before or after 8 steps: nothing regresses,
+    # so the gate passes (a regression test of the verdict itself lives in test_eval_gate.py)
+    assert first == 0 and again == 0
     assert "holds an earlier demo run: resuming it" in printed and "4. the eval gate" in printed
     assert adapter_tensors(out) == trained
     assert not (tmp_path / "demo.previous").exists()
@@ -49,7 +51,7 @@ def test_a_second_demo_resumes_and_a_changed_one_moves_the_earlier_run_aside(
     train.write_text("\n".join([json.dumps(row), *rows[1:]]) + "\n", encoding="utf-8")
     changed = main(args)  # the data changed: the earlier run cannot be resumed
     printed = " ".join(capsys.readouterr().out.split())
-    assert changed in (0, 3)
+    assert changed == 0
     assert "moved it to" in printed
     previous = tmp_path / "demo.previous"
     assert (previous / "adapter" / "adapter_model.safetensors").is_file()
