@@ -40,7 +40,8 @@ def _config(tmp_path: Path, base: str | Path, **sections: object) -> Path:
     rows = [{"messages": [{"role": "user", "content": f"order {i} broke"}, {"role": "assistant", "content": "ok"}]}
             for i in range(12)]  # fmt: skip
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    raw = {"base": str(base), "output": str(tmp_path / "run"), "data": {"train": str(train)}, **sections}
+    data = {"train": str(train), "replay": None}  # bad input, not replay, is under test
+    raw = {"base": str(base), "output": str(tmp_path / "run"), "data": data, **sections}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -172,7 +173,7 @@ def test_a_damaged_data_cache_entry_is_rebuilt_with_a_warning(
     monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path / "home"))
     config = _config(tmp_path, tiny_base_dir)
     assert main(["prepare", str(config)]) == 0
-    (entry,) = (tmp_path / "home" / "data-cache").iterdir()
+    (entry,) = (tmp_path / "home" / "cache" / "data").iterdir()
     (entry / "tokens.npz").write_bytes(b"PK\x03\x04 not a zip any more")
     with pytest.warns(UserWarning, match="damaged data cache entry.*tokenizing again"):
         assert main(["prepare", str(config)]) == 0

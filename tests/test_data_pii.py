@@ -115,7 +115,7 @@ def test_kept_rows_keep_order_ids_and_dates_word_for_word(tmp_path: Path, tiny_b
     rows = [_row("What is the ISO date for 12.12.1953? Ticket TCK-99812", "1953-12-12"), _row("hi", "hello")]
     train = tmp_path / "t.jsonl"
     train.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    spec = DataSpec(train=train, eval_fraction=0.5)
+    spec = DataSpec(replay=None, train=train, eval_fraction=0.5)
     data = prepare_data(spec, tokenizer, seed=0, context_length=512, out_dir=None, cache_dir=None)
     text = next(tokenizer.decode(ex.input_ids) for ex in data.train + data.eval if ex.line == 1)
     assert "12.12.1953? Ticket TCK-99812" in text and "<PHONE_NUMBER>" not in text

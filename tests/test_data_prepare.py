@@ -58,7 +58,7 @@ def test_train_rows_duplicating_golden_rows_are_removed_and_listed(tmp_path: Pat
             _row("thanks for the help"),
         ],
     )
-    data = _prepare(DataSpec(train=train, golden=golden, pii="off"), tokenizer)
+    data = _prepare(DataSpec(replay=None, train=train, golden=golden, pii="off"), tokenizer)
     assert data.report["leaked"] == 2
     assert data.report["leaked_rows"] == [
         {"line": 2, "duplicate_of": 1, "kind": "exact"},
@@ -69,7 +69,7 @@ def test_train_rows_duplicating_golden_rows_are_removed_and_listed(tmp_path: Pat
 
 def test_exact_and_near_duplicates_in_train_are_dropped_keeping_the_first(tmp_path: Path, tokenizer: Any) -> None:
     rows = [_row(LONG), _row("hi there"), _row(LONG.replace("full", "whole")), _row("Hi  there"), _row("other")]
-    data = _prepare(DataSpec(train=_write(tmp_path / "t.jsonl", rows), pii="off"), tokenizer)
+    data = _prepare(DataSpec(replay=None, train=_write(tmp_path / "t.jsonl", rows), pii="off"), tokenizer)
     assert data.report["duplicates"]["examples"] == [
         {"line": 3, "duplicate_of": 1, "kind": "near"},
         {"line": 4, "duplicate_of": 2, "kind": "exact"},
@@ -79,7 +79,7 @@ def test_exact_and_near_duplicates_in_train_are_dropped_keeping_the_first(tmp_pa
 
 def test_eval_split_is_deterministic_by_seed_and_holds_at_least_one_row(tmp_path: Path, tokenizer: Any) -> None:
     train = _write(tmp_path / "t.jsonl", [_row(f"order {i} arrived broken {i * 7}") for i in range(12)])
-    spec = DataSpec(train=train, pii="off", eval_fraction=0.01)
+    spec = DataSpec(replay=None, train=train, pii="off", eval_fraction=0.01)
     first = _prepare(spec, tokenizer)
     assert len(first.eval) == 1
     assert [ex.line for ex in _prepare(spec, tokenizer).eval] == [ex.line for ex in first.eval]
@@ -108,7 +108,7 @@ def test_replay_rows_join_training_only_after_the_same_hygiene(tmp_path: Path, t
     for question in ("capital of france", "boil an egg"):  # kept replay rows train, once; none is held out
         assert sum(question in t.lower() for t in trained) == 1
         assert not any(question in t.lower() for t in held_out)
-    without = _prepare(DataSpec(train=train, golden=golden, pii="off", eval_fraction=0.2), tokenizer)
+    without = _prepare(DataSpec(replay=None, train=train, golden=golden, pii="off", eval_fraction=0.2), tokenizer)
     assert [ex.line for ex in without.eval] == [ex.line for ex in data.eval]  # same split with or without
     half = _prepare(spec.model_copy(update={"replay_ratio": 0.5}), tokenizer)  # 8 task rows: 8 replay rows
     assert (half.report["split"]["replay"], half.report["split"]["replay_distinct"]) == (8, 2)
@@ -130,7 +130,7 @@ def test_replay_examples_are_tagged_and_the_tag_survives_the_cache(tmp_path: Pat
 
 
 def test_report_on_the_bundled_data_holds_counts_hashes_percentiles_and_packing(tmp_path: Path, tokenizer: Any) -> None:
-    spec = DataSpec(train=EXAMPLES / "train.jsonl", golden=EXAMPLES / "golden.jsonl")
+    spec = DataSpec(replay=None, train=EXAMPLES / "train.jsonl", golden=EXAMPLES / "golden.jsonl")
     _prepare(spec, tokenizer, out=tmp_path)
     report = json.loads((tmp_path / REPORT_NAME).read_text())
     for key in ("rows_in", "rows_kept", "dropped", "leaked", "max_seq_len", "packing_efficiency", "percentiles"):
@@ -143,7 +143,7 @@ def test_report_on_the_bundled_data_holds_counts_hashes_percentiles_and_packing(
 
 def test_second_prepare_on_unchanged_inputs_comes_from_the_cache(tmp_path: Path, tokenizer: Any) -> None:
     train = _write(tmp_path / "t.jsonl", [_row(f"order {i} arrived broken {i * 7}") for i in range(6)])
-    spec = DataSpec(train=train, pii="off")
+    spec = DataSpec(replay=None, train=train, pii="off")
     first = _prepare(spec, tokenizer, cache=tmp_path / "cache")
     second = _prepare(spec, tokenizer, cache=tmp_path / "cache")
     assert (first.report["cached"], second.report["cached"]) == (False, True)
@@ -152,7 +152,7 @@ def test_second_prepare_on_unchanged_inputs_comes_from_the_cache(tmp_path: Path,
 
 def test_strict_mode_lists_problems_of_every_file_and_writes_nothing(tmp_path: Path, tokenizer: Any) -> None:
     golden = _write(tmp_path / "golden.jsonl", ["{not json"])
-    spec = DataSpec(train=BAD_ROWS, golden=golden)
+    spec = DataSpec(replay=None, train=BAD_ROWS, golden=golden)
     with pytest.raises(DataError) as info:
         _prepare(spec, tokenizer, out=tmp_path / "run", cache=tmp_path / "cache")
     assert "bad_rows.jsonl line 2: invalid JSON" in str(info.value)
@@ -178,7 +178,7 @@ def test_pii_is_redacted_and_counted_without_any_network_call(
         _row("order 40079594 arrived broken", answer='{"order_id": "40079594"}'),
         _row("no personal data here"),
     ]
-    data = _prepare(DataSpec(train=_write(tmp_path / "t.jsonl", rows), eval_fraction=0.25), tokenizer)
+    data = _prepare(DataSpec(replay=None, train=_write(tmp_path / "t.jsonl", rows), eval_fraction=0.25), tokenizer)
     assert attempts == []
     assert data.report["pii"]["counts"] == {"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}
     texts = {ex.line: tokenizer.decode(ex.input_ids) for ex in data.train + data.eval}
@@ -189,7 +189,7 @@ def test_pii_is_redacted_and_counted_without_any_network_call(
 
 def test_pii_report_mode_counts_but_keeps_the_text(tmp_path: Path, tokenizer: Any) -> None:
     rows = [_row("mail me at jane.doe@example.com"), _row("nothing to see"), _row("still nothing")]
-    data = _prepare(DataSpec(train=_write(tmp_path / "t.jsonl", rows), pii="report"), tokenizer)
+    data = _prepare(DataSpec(replay=None, train=_write(tmp_path / "t.jsonl", rows), pii="report"), tokenizer)
     assert data.report["pii"]["counts"] == {"EMAIL_ADDRESS": 1}
     texts = [tokenizer.decode(ex.input_ids) for ex in data.train + data.eval]
     assert any("jane.doe@example.com" in t for t in texts)
@@ -202,13 +202,13 @@ def test_names_are_redacted_only_with_a_local_ner_model(tmp_path: Path, tokenize
     nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Karen Rossi"}])
     nlp.to_disk(tmp_path / "ner")
     rows = [_row("regards, Karen Rossi"), _row("nothing to see"), _row("still nothing")]
-    spec = DataSpec(train=_write(tmp_path / "t.jsonl", rows), pii_ner_model=tmp_path / "ner")
+    spec = DataSpec(replay=None, train=_write(tmp_path / "t.jsonl", rows), pii_ner_model=tmp_path / "ner")
     data = _prepare(spec, tokenizer)
     assert data.report["pii"]["counts"] == {"PERSON": 1}
     named = [tokenizer.decode(ex.input_ids) for ex in data.train + data.eval if ex.line == 1]
     assert "Karen Rossi" not in named[0] and "regards, <PERSON>" in named[0]
     with pytest.raises(DataError, match="not a spaCy model directory"):
-        _prepare(DataSpec(train=spec.train, pii_ner_model=tmp_path / "missing"), tokenizer)
+        _prepare(DataSpec(replay=None, train=spec.train, pii_ner_model=tmp_path / "missing"), tokenizer)
 
 
 def _config(tmp_path: Path, base: Path, train: Path) -> Path:

@@ -119,7 +119,7 @@ def test_bundled_replay_rows_are_training_rows_disjoint_from_probes_and_golden()
     assert len(replay.records) >= 50 and not replay.problems
     asked = {r.messages[0]["content"].strip().lower() for r in replay.records}
     tested = set()
-    for path in (*PROBES.glob("*.jsonl"), EXAMPLES / "golden.jsonl"):
+    for path in (PROBES / "general.jsonl", PROBES / "safety.jsonl", EXAMPLES / "golden.jsonl"):
         for line in path.read_text(encoding="utf-8").splitlines():
             tested |= {m["content"].strip().lower() for m in json.loads(line)["messages"] if m["role"] == "user"}
     assert not asked & tested

@@ -12,7 +12,9 @@ from loraforge.config import DEFAULT_NEAR_DUP_THRESHOLD, DataSpec, validate_conf
 from loraforge.data.hygiene import shingles
 from loraforge.data.records import read_records
 from loraforge.errors import DataError
+from loraforge.files import loraforge_home
 from loraforge.models import load_tokenizer
+from loraforge.models.fingerprint import base_fingerprint
 from loraforge.pipeline.distill import read_prompts
 from loraforge.pipeline.replay import PROMPTS, SHIPPED, cached_replay_path, resolve_replay
 
@@ -21,7 +23,7 @@ PROBES = Path(__file__).parents[1] / "src" / "loraforge" / "evaluate" / "probes"
 
 def _probe_questions() -> list[str]:
     questions = []
-    for path in sorted(PROBES.glob("*.jsonl")):
+    for path in (PROBES / "general.jsonl", PROBES / "safety.jsonl"):
         for line in path.read_text(encoding="utf-8").splitlines():
             questions += [m["content"] for m in json.loads(line)["messages"] if m["role"] == "user"]
     return questions
@@ -69,11 +71,12 @@ def test_other_base_answers_the_prompts_once_and_is_cached(tmp_path: Path) -> No
     two = tmp_path / "prompts.jsonl"
     two.write_text("".join(PROMPTS.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
     resolved = resolve_replay(spec, str(tiny), tokenizer, prompts=two)
-    assert isinstance(resolved.replay, Path) and resolved.replay.is_file()
-    assert resolved.replay.parent.name == "replay" and resolved.replay != PROMPTS
-    stamp = resolved.replay.stat().st_mtime_ns
+    cached = cached_replay_path(base_fingerprint(tiny, tokenizer.chat_template, loraforge_home() / "fingerprints"))
+    assert cached.is_file() and cached.read_text() == ""  # a random base ends no turn: both prompts dropped
+    assert resolved.replay is None  # so no replay rows, rather than an empty file the reader refuses
+    stamp = cached.stat().st_mtime_ns
     again = resolve_replay(spec, str(tiny), tokenizer, prompts=two)
-    assert again.replay == resolved.replay and resolved.replay.stat().st_mtime_ns == stamp
+    assert again.replay is None and cached.stat().st_mtime_ns == stamp  # answered once, then cached
     assert cached_replay_path("sha256:" + "ab" * 32).name == "ab" * 16 + ".jsonl"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loraforge.config import DataSpec
+from loraforge.data import resolve_chat_template
 from loraforge.files import loraforge_home
 from loraforge.models.base import resolve_base
 from loraforge.models.fingerprint import base_fingerprint
@@ -41,14 +42,11 @@ def cached_replay_path(fingerprint: str, home: Path | None = None) -> Path:
     return (home or loraforge_home()) / "replay" / f"{fingerprint.removeprefix('sha256:')[:32]}.jsonl"
 
 
-def builtin_replay(
-    base_spec: str, tokenizer: PreTrainedTokenizerBase, progress: bool = False, prompts: Path = PROMPTS
-) -> Path:
-    """The replay file for the base: shipped, cached, or distilled now (once per base) and cached."""
-    template = getattr(tokenizer, "chat_template", None)
+def builtin_replay(base_spec: str, template: str, progress: bool = False, prompts: Path = PROMPTS) -> Path:
+    """The replay file for the base prompted in `template` (the one the run trains with): shipped,
+    cached, or distilled now (once per base and template) and cached."""
     home = loraforge_home()
-    fingerprint = base_fingerprint(resolve_base(base_spec), template if isinstance(template, str) else None,
-                                   home / "fingerprints")  # fmt: skip
+    fingerprint = base_fingerprint(resolve_base(base_spec), template, home / "fingerprints")
     shipped = shipped_replay(fingerprint)
     if shipped is not None:
         return shipped
@@ -59,7 +57,7 @@ def builtin_replay(
 
         if progress:
             print(f"data.replay=builtin: the base answers {prompts} once; cached in {path}")
-        result = distill(load_base(base_spec), read_prompts(prompts), progress=progress)
+        result = distill(load_base(base_spec), read_prompts(prompts), progress=progress, chat_template=template)
         write_rows(path, result.rows)
     return path
 
@@ -70,4 +68,9 @@ def resolve_replay(
     """`spec` with data.replay=builtin replaced by the file it stands for; other values unchanged."""
     if spec.replay != "builtin":
         return spec
-    return spec.model_copy(update={"replay": builtin_replay(base_spec, tokenizer, progress, prompts)})
+    path = builtin_replay(base_spec, resolve_chat_template(tokenizer, spec.template), progress, prompts)
+    if path.stat().st_size == 0:  # the base finished none of the prompts within the distill budget
+        if progress:
+            print(f"data.replay=builtin: the base finished none of the built-in prompts ({path}); no replay rows")
+        return spec.model_copy(update={"replay": None})
+    return spec.model_copy(update={"replay": path})
