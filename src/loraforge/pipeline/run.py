@@ -34,6 +34,8 @@ def train_and_gate(config: Config, *, resume: bool = False, accelerator: Acceler
         return RunOutcome(run, None)
     report = evaluate_run(config, adapter_dir=run.adapter_dir)
     record_gate(run, report)
+    # Ship steps, in this order (each one's files are covered by the next): the model card from the
+    # completed manifest, then the signature when ship.key is set and the gate passed.
     return RunOutcome(run, report)
 
 
