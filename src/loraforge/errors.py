@@ -56,9 +56,10 @@ class SigningKeyError(LoraforgeError):
     or would be overwritten."""
 
 
-class SignatureError(LoraforgeError):
+class SignatureError(ModelError):
     """An adapter does not verify: not signed, signed by another key, a forged or corrupt
-    signature, or files that differ from what was signed (named in the message).
+    signature, or files that differ from what was signed (named in the message). A ModelError
+    (an adapter that does not match), so code that refuses bad adapters catches it too.
 
     Exit 4, apart from 2 (a usage or input mistake) and 3 (a blocked gate): a script that ships
     adapters can tell "this artifact must not ship" from "the command was called wrongly".

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from model_signing import hashing, signing, verifying
 
+from loraforge.config import ShipSpec
 from loraforge.errors import ModelError, SignatureError, SigningKeyError
 from loraforge.files import write_bytes_atomic
 
@@ -50,6 +51,30 @@ class VerifyResult:
             "key_id": self.key_id,
             "verified": True,
         }
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    path: Path
+    password: bytes | None = None
+
+
+def signing_key(spec: ShipSpec) -> SigningKey | None:
+    """`ship.key` with the password read from `ship.password_env`, checked to load (so a run fails
+    before training, not after it); None when ship.key is unset."""
+    if spec.key is None:
+        return None
+    password = None if spec.password_env is None else password_from_env(spec.password_env, "ship.password_env")
+    _load_private_key(spec.key, password, flag="ship.key")
+    return SigningKey(spec.key, password)
+
+
+def password_from_env(env_var: str, flag: str = "--password-env") -> bytes:
+    """A key's password from the environment: argv and config files are readable by others."""
+    value = os.environ.get(env_var)
+    if not value:
+        raise SigningKeyError(f"{flag} {env_var}: the environment variable is unset or empty; export it first")
+    return value.encode("utf-8")
 
 
 def generate_keypair(key_dir: Path, password: bytes | None = None, *, overwrite: bool = False) -> tuple[Path, Path]:
@@ -224,21 +249,21 @@ def _require_dir(adapter_dir: Path) -> None:
         raise ModelError(f"adapter_dir {adapter_dir} (ADAPTER_DIR) is not a directory; pass an adapter directory")
 
 
-def _load_private_key(path: Path, password: bytes | None) -> ec.EllipticCurvePrivateKey:
+def _load_private_key(path: Path, password: bytes | None, flag: str = "--key") -> ec.EllipticCurvePrivateKey:
     if not path.is_file():
-        raise SigningKeyError(f"private_key {path} (--key) does not exist; make one with `loraforge keygen DIR`")
+        raise SigningKeyError(f"private_key {path} ({flag}) does not exist; make one with `loraforge keygen DIR`")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password)
     except TypeError as exc:  # cryptography: a password for a plain key, or none for an encrypted one
-        hint = "pass none (drop --password-env)" if password else "pass its password (password=, --password-env VAR)"
-        raise SigningKeyError(f"private_key {path} (--key): {exc}; {hint}") from exc
+        hint = "pass none (drop --password-env)" if password else "pass its password (password=, --password-env VAR, ship.password_env)"
+        raise SigningKeyError(f"private_key {path} ({flag}): {exc}; {hint}") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(
-            f"private_key {path} (--key) cannot be loaded ({exc}): a wrong password (password=, --password-env), "
+            f"private_key {path} ({flag}) cannot be loaded ({exc}): a wrong password (password=, --password-env, ship.password_env), "
             "or not a PEM private key"
         ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in SUPPORTED_CURVES:
-        raise SigningKeyError(f"private_key {path} (--key) is {_kind(key)}; {_supported()}")
+        raise SigningKeyError(f"private_key {path} ({flag}) is {_kind(key)}; {_supported()}")
     return key
 
 
