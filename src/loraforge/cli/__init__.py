@@ -8,7 +8,17 @@ import typer
 from rich.console import Console
 
 from loraforge import __version__
-from loraforge.cli import config_cmds, data_cmds, demo_cmds, docs_cmds, eval_cmds, models_cmds, plan_cmds, train_cmds
+from loraforge.cli import (
+    config_cmds,
+    data_cmds,
+    demo_cmds,
+    docs_cmds,
+    eval_cmds,
+    models_cmds,
+    plan_cmds,
+    registry_cmds,
+    train_cmds,
+)
 from loraforge.errors import LoraforgeError
 
 app = typer.Typer(
@@ -41,6 +51,7 @@ data_cmds.register(app)
 train_cmds.register(app)
 eval_cmds.register(app)
 plan_cmds.register(app)
+registry_cmds.register(app)
 docs_cmds.register(app)
 
 
