@@ -45,6 +45,10 @@ class EvalError(LoraforgeError):
     """The golden set or an eval input is unusable (changed hash, unknown check)."""
 
 
+class RegistryError(LoraforgeError):
+    """A registry operation is refused (bad name, unknown version, blocked adapter, no live version)."""
+
+
 class GateBlocked(LoraforgeError):
     """The eval gate blocked the adapter; the message lists the reasons."""
 

@@ -16,6 +16,7 @@ from loraforge.cli import (
     eval_cmds,
     models_cmds,
     plan_cmds,
+    registry_cmds,
     ship_cmds,
     train_cmds,
 )
@@ -52,6 +53,7 @@ train_cmds.register(app)
 eval_cmds.register(app)
 plan_cmds.register(app)
 ship_cmds.register(app)
+registry_cmds.register(app)
 docs_cmds.register(app)
 
 
