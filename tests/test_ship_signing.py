@@ -97,6 +97,7 @@ def test_sign_then_verify_covers_every_file_but_the_signature(adapter: Path, key
     private, public = keys
     signature = sign_adapter(adapter, private)
     assert signature == adapter / SIGNATURE_NAME
+    assert stat.S_IMODE(signature.stat().st_mode) == 0o644  # readable like the files it covers
     result = verify_adapter(adapter, public)
     assert sorted(result.files) == sorted(ADAPTER_FILES)
     assert sorted(signed_files(adapter)) == sorted(ADAPTER_FILES)

@@ -40,7 +40,11 @@ def test_cli_verify_exits_4_naming_the_changed_file(
     assert main(["verify", str(adapter), "--pub", str(public), "--json"]) == 4
     captured = capsys.readouterr()
     failure = json.loads(captured.out)
-    assert (failure["verified"], failure["reason"], failure["changed"]) == (False, "files_differ", ["adapter_config.json"])
+    assert (failure["verified"], failure["reason"], failure["changed"]) == (
+        False,
+        "files_differ",
+        ["adapter_config.json"],
+    )
     assert "changed: adapter_config.json" in captured.err and "Traceback" not in captured.err
 
 
@@ -63,7 +67,9 @@ def test_cli_password_comes_from_the_named_environment_variable(
     monkeypatch.setenv("LF_TEST_KEY_PASSWORD", "s3cret")
     assert main(["keygen", str(keys), "--password-env", "LF_TEST_KEY_PASSWORD"]) == 0
     assert main(["sign", str(adapter), "--key", str(keys / "private.pem")]) == 2  # encrypted, no password
-    assert main(["sign", str(adapter), "--key", str(keys / "private.pem"), "--password-env", "LF_TEST_KEY_PASSWORD"]) == 0
+    assert (
+        main(["sign", str(adapter), "--key", str(keys / "private.pem"), "--password-env", "LF_TEST_KEY_PASSWORD"]) == 0
+    )
     assert verify_adapter(adapter, keys / "public.pem").files
 
 
@@ -80,7 +86,7 @@ def test_train_with_ship_key_signs_the_adapter_after_a_pass(
     result = verify_adapter(adapter_dir, public)
     assert {"adapter_model.safetensors", "adapter_config.json", "loraforge.json"} <= set(result.files)
     manifest = json.loads((adapter_dir / "loraforge.json").read_text())
-    assert manifest["eval"]["passed"] is True  # the signature covers the manifest with the verdict in it
+    assert manifest["eval"]["verdict"] == "pass"  # the signature covers the manifest with the verdict in it
 
 
 def test_a_blocked_gate_leaves_the_adapter_unsigned(tiny_base_dir: Path, tmp_path: Path) -> None:

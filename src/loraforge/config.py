@@ -391,7 +391,9 @@ def _missing_files(raw: dict[str, Any]) -> list[str]:
             problems.append(f"data.{key}: file not found: {path} (paths are relative to where you run loraforge)")
     key = _raw_section(raw, "ship").get("key")
     if isinstance(key, str | Path) and not Path(key).is_file():
-        problems.append(f"ship.key: file not found: {key}; make a key pair with `loraforge keygen DIR` or unset ship.key")
+        problems.append(
+            f"ship.key: file not found: {key}; make a key pair with `loraforge keygen DIR` or unset ship.key"
+        )
     return problems
 
 

@@ -1,4 +1,4 @@
-"""`loraforge keygen DIR`, `loraforge sign ADAPTER_DIR --key`, `loraforge verify ADAPTER_DIR --pub` (docs/ship-signing.md)."""
+"""`loraforge keygen DIR`, `sign ADAPTER_DIR --key KEY.pem`, `verify ADAPTER_DIR --pub PUB.pem`."""
 
 from __future__ import annotations
 

@@ -119,6 +119,7 @@ def sign_adapter(adapter_dir: Path, private_key: Path, password: bytes | None = 
             config.set_hashing_config(_hashing_config()).sign(adapter_dir, tmp)
         except ValueError as exc:  # a symlink, or a file that vanished while hashing
             raise ModelError(f"adapter_dir {adapter_dir}: cannot hash it for signing ({exc})") from exc
+        os.chmod(tmp, 0o644)  # mkstemp made it 0600; serve may run as another user and reads it
         os.replace(tmp, adapter_dir / SIGNATURE_NAME)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -255,12 +256,16 @@ def _load_private_key(path: Path, password: bytes | None, flag: str = "--key") -
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password)
     except TypeError as exc:  # cryptography: a password for a plain key, or none for an encrypted one
-        hint = "pass none (drop --password-env)" if password else "pass its password (password=, --password-env VAR, ship.password_env)"
+        hint = (
+            "pass none (drop --password-env)"
+            if password
+            else "pass its password (password=, --password-env VAR, ship.password_env)"
+        )
         raise SigningKeyError(f"private_key {path} ({flag}): {exc}; {hint}") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(
-            f"private_key {path} ({flag}) cannot be loaded ({exc}): a wrong password (password=, --password-env, ship.password_env), "
-            "or not a PEM private key"
+            f"private_key {path} ({flag}) cannot be loaded ({exc}): a wrong password "
+            "(password=, --password-env, ship.password_env), or not a PEM private key"
         ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in SUPPORTED_CURVES:
         raise SigningKeyError(f"private_key {path} ({flag}) is {_kind(key)}; {_supported()}")
