@@ -5,6 +5,7 @@ Runs `demo --quick` on the tiny base (seconds), three times in one output direct
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 from safetensors.torch import load_file
 
 from loraforge.cli import main
+from loraforge.pipeline.demo import DEMO_REGISTRY_NAME
+from loraforge.ship.registry import Registry
+from loraforge.ship.signing import verify_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +34,15 @@ def test_a_second_demo_resumes_and_a_changed_one_moves_the_earlier_run_aside(
     args = ["demo", "--quick", "--base", str(tiny_base_dir), "--output", str(out), "--data-dir", str(data)]
 
     first = main(args)
-    assert "earlier demo run" not in capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "earlier demo run" not in printed
+    # a passing demo signs with the key made once under $LORAFORGE_HOME, then publishes and promotes
+    public = Path(os.environ["LORAFORGE_HOME"]) / "keys" / "demo" / "public.pem"
+    assert "adapter_model.safetensors" in verify_adapter(out / "adapter", public).files
+    assert "6. sign and publish" in printed and f"registry entry: {DEMO_REGISTRY_NAME} v" in printed
+    live = Registry.default().show(DEMO_REGISTRY_NAME)
+    assert live.live and live.signed
+    assert verify_adapter(live.path, public).files
     trained = adapter_tensors(out)
     steps = len((out / "metrics.jsonl").read_text().splitlines())
 
@@ -41,6 +53,7 @@ def test_a_second_demo_resumes_and_a_changed_one_moves_the_earlier_run_aside(
     assert first == 0 and again == 0
     assert "holds an earlier demo run: resuming it" in printed and "4. the eval gate" in printed
     assert adapter_tensors(out) == trained
+    assert verify_adapter(out / "adapter", public).files  # the same key, reused
     assert not (tmp_path / "demo.previous").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) <= steps + 2  # no training steps were added
 

@@ -258,6 +258,19 @@ class EvalSpec(Section):
     )
 
 
+class ShipSpec(Section):
+    key: Path | None = Field(
+        default=None,
+        description="private key (PEM, from `loraforge keygen`) that signs the adapter after a passing gate; "
+        "unset: the adapter stays unsigned and the run says so (docs/ship-signing.md)",
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="environment variable holding ship.key's password; unset: the key is not encrypted "
+        "(a password never goes in a config file)",
+    )
+
+
 class Config(Section):
     base: str = Field(default=DEFAULT_BASE, description="alias, Hugging Face model directory, or .gguf file")
     output: Path = Field(default=Path("runs/default"), description="run directory for every artifact")
@@ -265,6 +278,7 @@ class Config(Section):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    ship: ShipSpec = Field(default_factory=ShipSpec)
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -375,6 +389,11 @@ def _missing_files(raw: dict[str, Any]) -> list[str]:
         path = data.get(key)
         if isinstance(path, str | Path) and path != "builtin" and not Path(path).is_file():
             problems.append(f"data.{key}: file not found: {path} (paths are relative to where you run loraforge)")
+    key = _raw_section(raw, "ship").get("key")
+    if isinstance(key, str | Path) and not Path(key).is_file():
+        problems.append(
+            f"ship.key: file not found: {key}; make a key pair with `loraforge keygen DIR` or unset ship.key"
+        )
     return problems
 
 

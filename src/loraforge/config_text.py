@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from loraforge.config import Config, DataSpec, EvalSpec, LoraSpec, TrainSpec
+from loraforge.config import Config, DataSpec, EvalSpec, LoraSpec, ShipSpec, TrainSpec
 
 
 def to_plain(config: BaseModel) -> dict[str, Any]:
@@ -67,6 +67,7 @@ def reference_markdown() -> str:
         ("lora", LoraSpec),
         ("train", TrainSpec),
         ("eval", EvalSpec),
+        ("ship", ShipSpec),
     ]
     for prefix, model in sections:
         out += [f"## `{prefix or 'top level'}`", "", "| key | type | default | why |", "|---|---|---|---|"]

@@ -1,7 +1,8 @@
 """The errors loraforge raises for problems a user can fix.
 
 The library raises these; only the CLI prints them and picks the exit code (2 for a user
-error, 3 for a blocked gate). Messages say what, where and how to fix, on one line when they can.
+error, 3 for a blocked gate, 4 for an adapter that fails signature verification). Messages say
+what, where and how to fix, on one line when they can.
 """
 
 from __future__ import annotations
@@ -44,7 +45,43 @@ class EvalError(LoraforgeError):
     """The golden set or an eval input is unusable (changed hash, unknown check)."""
 
 
+class RegistryError(LoraforgeError):
+    """A registry operation is refused (bad name, unknown version, blocked adapter, no live version)."""
+
+
 class GateBlocked(LoraforgeError):
     """The eval gate blocked the adapter; the message lists the reasons."""
 
     exit_code = 3
+
+
+class SigningKeyError(LoraforgeError):
+    """A signing key is missing, unreadable, locked by another password, of an unsupported kind,
+    or would be overwritten."""
+
+
+class SignatureError(ModelError):
+    """An adapter does not verify: not signed, signed by another key, a forged or corrupt
+    signature, or files that differ from what was signed (named in the message). A ModelError
+    (an adapter that does not match), so code that refuses bad adapters catches it too.
+
+    Exit 4, apart from 2 (a usage or input mistake) and 3 (a blocked gate): a script that ships
+    adapters can tell "this artifact must not ship" from "the command was called wrongly".
+    """
+
+    exit_code = 4
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        changed: tuple[str, ...] = (),
+        added: tuple[str, ...] = (),
+        missing: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason  # unsigned | wrong_key | forged | corrupt | files_differ
+        self.changed = changed
+        self.added = added
+        self.missing = missing

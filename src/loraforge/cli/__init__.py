@@ -8,7 +8,18 @@ import typer
 from rich.console import Console
 
 from loraforge import __version__
-from loraforge.cli import config_cmds, data_cmds, demo_cmds, docs_cmds, eval_cmds, models_cmds, plan_cmds, train_cmds
+from loraforge.cli import (
+    config_cmds,
+    data_cmds,
+    demo_cmds,
+    docs_cmds,
+    eval_cmds,
+    models_cmds,
+    plan_cmds,
+    registry_cmds,
+    ship_cmds,
+    train_cmds,
+)
 from loraforge.errors import LoraforgeError
 
 app = typer.Typer(
@@ -41,11 +52,13 @@ data_cmds.register(app)
 train_cmds.register(app)
 eval_cmds.register(app)
 plan_cmds.register(app)
+ship_cmds.register(app)
+registry_cmds.register(app)
 docs_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors print one message (no traceback) and exit 2 (3: gate blocked)."""
+    """Run the CLI; user errors print one message (no traceback) and exit 2 (3: gate blocked, 4: signature fails)."""
     try:
         result = app(args=argv, standalone_mode=False)
         code = result if isinstance(result, int) else 0

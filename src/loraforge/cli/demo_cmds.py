@@ -50,7 +50,8 @@ def _show(step: str, payload: Any) -> None:
         "train": ("3. training", lambda run: console.print(train_table(run))),
         "gate": ("4. the eval gate", _gate),
         "side_by_side": ("5. base vs adapter", _side_by_side),
-        "paths": ("6. where everything is", _paths),
+        "ship": ("6. sign and publish", _ship),
+        "paths": ("7. where everything is", _paths),
     }
     title, render = steps[step]
     console.print(Rule(title))
@@ -105,6 +106,24 @@ def _side_by_side(rows: list[dict[str, str]]) -> None:
             f"{escape(row['adapter'])}\n{mark[row['adapter_passed']]}",
         )
     console.print(table)
+
+
+def _ship(shipped: Any) -> None:
+    if shipped.signature is None:
+        console.print("adapter not signed (set ship.key to sign)")
+    else:
+        console.print(f"[green]adapter signed[/]: {escape(str(shipped.signature))}")
+    if shipped.public_key is not None:
+        public = escape(str(shipped.public_key))
+        console.print(
+            f"verified: {len(shipped.verified_files)} files ({escape(', '.join(shipped.verified_files))}) "
+            f"against {public}\n  check it yourself: loraforge verify {escape(str(shipped.entry.path))} --pub {public}"
+        )
+    entry = shipped.entry
+    console.print(
+        f"registry entry: {escape(entry.name)} v{entry.version} (live) in {escape(str(shipped.registry))}\n"
+        f"  {escape(str(entry.path))}"
+    )
 
 
 def _paths(paths: dict[str, str]) -> None:

@@ -40,7 +40,8 @@ def cli_markdown(app: typer.Typer) -> str:
         "# CLI reference",
         "",
         "Generated from the commands' `--help` by `loraforge docs cli`; do not edit by hand.",
-        "Exit codes: 0 ok, 2 a user error (the message names what, where and the fix), 3 eval gate blocked.",
+        "Exit codes: 0 ok, 2 a user error (the message names what, where and the fix), 3 eval gate blocked,",
+        "4 an adapter fails signature verification (`loraforge verify`).",
         "",
     ]
     out += [f"- [`{path}`](#{_anchor(path)})" for path, _ in pages]

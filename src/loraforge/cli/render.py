@@ -95,3 +95,14 @@ def report_gate(console: Console, report: Any, eval_dir: Path) -> None:
 def _replay(report: dict[str, Any]) -> str:
     replay = report["split"].get("replay", 0)
     return f" incl. {replay:,} replay" if replay else ""
+
+
+def signing_line(signature: Path | None, gate_passed: bool | None) -> str:
+    """The run's ship.key outcome: signed, or why not; `gate_passed` None: the gate was off (docs/ship-signing.md)."""
+    if signature is not None:
+        return f"[green]adapter signed[/]: {escape(str(signature))}"
+    if gate_passed is None:
+        return "adapter not signed: only an adapter that passed the gate is signed (eval.gate is off)"
+    if not gate_passed:
+        return "adapter not signed: the gate blocked it"
+    return "adapter not signed (set ship.key to sign)"

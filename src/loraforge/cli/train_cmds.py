@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from loraforge.cli.common import SET_OPTION, load
-from loraforge.cli.render import report_gate, train_table
+from loraforge.cli.render import report_gate, signing_line, train_table
 
 console = Console()
 
@@ -29,8 +29,12 @@ def train(
     report = outcome.gate
     if report is None:
         console.print("[yellow]gate off[/] (eval.gate: false): run `loraforge eval` before shipping this adapter")
+        console.print(signing_line(None, None))
         return
-    report_gate(console, report, config.output / "eval")  # the verdict is in the adapter manifest too
+    try:
+        report_gate(console, report, config.output / "eval")  # the verdict is in the adapter manifest too
+    finally:  # also when the gate blocks (report_gate raises): say it left the adapter unsigned
+        console.print(signing_line(outcome.signature, report.passed))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,8 @@
 """The demo: what `make demo` runs. The embedded base learns the bundled support-ticket task.
 
-Steps, each a plain call so later stages (sign, publish, serve) slot in:
-resolve the base -> prepare the data -> train -> gate -> base vs adapter side by side -> where things are.
+Steps, each a plain call so later stages (serve) slot in: resolve the base -> prepare the data ->
+train -> gate -> base vs adapter side by side -> sign, publish and promote (a passing adapter only)
+-> where things are.
 The caller passes `show(step, payload)` to render each step as it finishes.
 """
 
@@ -21,12 +22,14 @@ from loraforge.config import DEFAULT_BASE, Config, apply_overrides, validate_con
 from loraforge.data.types import PreparedData
 from loraforge.errors import ConfigError, ResumeRefused
 from loraforge.evaluate import GateReport
-from loraforge.files import write_text_atomic
+from loraforge.files import loraforge_home, write_text_atomic
 from loraforge.models import load_base, load_tokenizer
 from loraforge.models.base import fast_bf16_available
 from loraforge.models.card import BaseCard, base_card
 from loraforge.pipeline.prepare import prepare_for_run
 from loraforge.pipeline.run import RunOutcome, train_and_gate
+from loraforge.ship.registry import Entry, Registry
+from loraforge.ship.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keypair, verify_adapter
 from loraforge.train.checkpoint import complete_checkpoints
 
 DEFAULT_DATA_DIR = Path("examples/support_tickets")
@@ -55,8 +58,20 @@ DEMO_EVAL = {"max_new_tokens": 48}
 # --quick (the slow test set): a slice of the data, a few steps; shows the path, not the quality.
 QUICK_ROWS = {"train": 96, "golden": 16}
 QUICK_TRAIN = {"epochs": 1.0, "max_steps": 8, "eval_every": 0.5, "micro_batch_size": 2, "grad_accum": 1}
+DEMO_REGISTRY_NAME = "support-tickets"  # the name the demo publishes under in $LORAFORGE_HOME/registry
 
 Show = Callable[[str, Any], None]
+
+
+@dataclass
+class DemoShip:
+    """What the ship step did with a passing adapter."""
+
+    signature: Path | None  # None when ship.key was overridden to null
+    public_key: Path | None  # the public.pem it verified against, when one sits beside ship.key
+    verified_files: tuple[str, ...]
+    entry: Entry  # the registry version published and promoted (live)
+    registry: Path
 
 
 @dataclass
@@ -65,6 +80,7 @@ class DemoResult:
     card: BaseCard
     data: PreparedData
     outcome: RunOutcome
+    shipped: DemoShip | None = None  # None when the gate blocked (or was off)
 
     @property
     def gate(self) -> GateReport | None:
@@ -90,8 +106,19 @@ def demo_config(
         "lora": DEMO_LORA,
         "train": QUICK_TRAIN if quick else DEMO_TRAIN,
         "eval": {**DEMO_EVAL, **({"max_new_tokens": 64, "probes": ["general"]} if quick else {})},
+        "ship": {"key": str(demo_signing_key())},
     }
     return validate_config(apply_overrides(raw, overrides or []), source="demo")
+
+
+def demo_signing_key() -> Path:
+    """The demo's private key: a pair made once under $LORAFORGE_HOME/keys/demo and reused, so every
+    demo adapter verifies with the same public.pem."""
+    key_dir = loraforge_home() / "keys" / "demo"
+    private, public = key_dir / PRIVATE_KEY_NAME, key_dir / PUBLIC_KEY_NAME
+    if private.is_file() and public.is_file():
+        return private
+    return generate_keypair(key_dir, overwrite=True)[0]  # half a pair (a killed keygen) is replaced whole
 
 
 def _head(source: Path, dest: Path, rows: int) -> Path:
@@ -124,16 +151,22 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     outcome = train_again_or_afresh(config, show)
     finished = time.perf_counter()
     show("train", outcome.train)
+    shipped = None
     if outcome.gate is not None:
         show("gate", {"report": outcome.gate, "eval_dir": config.output / "eval"})
         show("side_by_side", side_by_side(outcome.gate, n=3))
+        if outcome.gate.passed:
+            shipped = ship_demo(config, outcome)
+            show("ship", shipped)
+        else:
+            show("note", "the gate blocked the adapter: it is not signed and not published")
     show("paths", artifact_paths(config))
     gate_roles = dict(outcome.gate.info.get("seconds") or {}) if outcome.gate is not None else {}
     gate_seconds = sum(gate_roles.values())
     show(
         "time",
         {
-            "total": finished - started,
+            "total": time.perf_counter() - started,  # with the ship step
             "base": data_started - started,
             "data": train_started - data_started,
             "training": finished - train_started - gate_seconds,  # with loading, eval loss and saving
@@ -141,7 +174,23 @@ def run_demo(config: Config, show: Show) -> DemoResult:
             "gate_roles": gate_roles,
         },
     )
-    return DemoResult(config, card, data, outcome)
+    return DemoResult(config, card, data, outcome, shipped)
+
+
+def ship_demo(config: Config, outcome: RunOutcome) -> DemoShip:
+    """The adapter train_and_gate signed (ship.key): verify it, publish it to the default registry
+    and make that version live."""
+    adapter_dir = outcome.train.adapter_dir
+    public = config.ship.key.with_name(PUBLIC_KEY_NAME) if config.ship.key is not None else None
+    verified: tuple[str, ...] = ()
+    if outcome.signature is not None and public is not None and public.is_file():
+        verified = verify_adapter(adapter_dir, public).files  # what is published is what was signed
+    else:
+        public = None
+    registry = Registry.default()
+    entry = registry.publish(adapter_dir, DEMO_REGISTRY_NAME)
+    registry.promote(entry.name, entry.version)
+    return DemoShip(outcome.signature, public, verified, entry, registry.root)
 
 
 def train_again_or_afresh(config: Config, show: Show) -> RunOutcome:

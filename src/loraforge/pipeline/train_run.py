@@ -184,7 +184,10 @@ def tokenized_sha256(data: PreparedData) -> str:
 
 def run_identity(config: Config, base_fingerprint: str, data: PreparedData) -> dict[str, Any]:
     """What must not change between a checkpoint and its resume."""
-    return {"config": to_plain(config), "base_fingerprint": base_fingerprint, "data_sha256": tokenized_sha256(data)}
+    # ship: signing happens after training and changes no weight; setting ship.key on an
+    # interrupted run (or resuming a checkpoint from before the section existed) must still resume.
+    trained = {name: value for name, value in to_plain(config).items() if name != "ship"}
+    return {"config": trained, "base_fingerprint": base_fingerprint, "data_sha256": tokenized_sha256(data)}
 
 
 def library_versions() -> dict[str, str]:
