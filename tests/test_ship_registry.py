@@ -20,11 +20,12 @@ import pytest
 import loraforge
 from loraforge.cli import main
 from loraforge.config import LoraSpec
-from loraforge.errors import RegistryError
+from loraforge.errors import GateBlocked, RegistryError, SignatureError
 from loraforge.files import write_json_atomic
 from loraforge.models import MANIFEST_NAME, attach_lora, load_base, read_manifest, save_adapter
 from loraforge.ship.registry import Registry
 from loraforge.ship.registry_files import exclusive_lock, hash_tree
+from loraforge.ship.signing import generate_keypair, sign_adapter
 
 BLOCK_REASON = "golden/format: 40.0% vs base 90.0%"
 
@@ -88,7 +89,7 @@ def test_published_version_is_a_loadable_copy_with_its_hashes(
 
 def test_gate_blocked_adapter_is_refused(registry: Registry, gated_adapter: Path, tmp_path: Path) -> None:
     blocked = make_adapter(gated_adapter, tmp_path / "blocked", "block")
-    with pytest.raises(RegistryError, match=r"blocked it \(golden/format.*--force"):
+    with pytest.raises(GateBlocked, match=r"blocked it \(golden/format.*--force"):
         registry.publish(blocked, "bot")
     assert not (registry.root / "bot").exists()
 
@@ -247,12 +248,12 @@ def test_cli_publish_promote_list_show_rollback_as_json(
     }
 
 
-def test_cli_refusals_exit_2_with_one_message(
+def test_cli_refusals_exit_with_one_message(
     gated_adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reg = ["--registry", str(tmp_path / "reg")]
     blocked = str(make_adapter(gated_adapter, tmp_path / "blocked", "block"))
-    assert main(["registry", "publish", blocked, "--name", "bot", *reg]) == 2
+    assert main(["registry", "publish", blocked, "--name", "bot", *reg]) == 3  # the gate's exit code
     assert main(["registry", "publish", blocked, "--name", "../x", *reg]) == 2
     assert main(["registry", "promote", "bot", *reg]) == 2  # no @VERSION
     assert main(["registry", "show", "bot@zero", *reg]) == 2
@@ -272,3 +273,73 @@ def test_cli_verify_exits_1_and_names_the_changed_file(
     result = json.loads(capsys.readouterr().out)
     assert result["ok"] is False
     assert "adapter_config.json: sha256" in result["results"][0]["problems"][0]
+
+
+@pytest.fixture
+def signing_registry(tmp_path: Path) -> tuple[Registry, Path]:
+    """A registry that requires signatures, and the private key whose public half it holds."""
+    private_key, public_key = generate_keypair(tmp_path / "keys")
+    registry = Registry(tmp_path / "signed-registry")
+    registry.init(require_signatures=True, public_key=public_key)
+    return registry, private_key
+
+
+def test_require_signatures_refuses_an_unsigned_adapter(
+    signing_registry: tuple[Registry, Path], gated_adapter: Path, tmp_path: Path
+) -> None:
+    registry, _ = signing_registry
+    with pytest.raises(SignatureError, match="requires signatures; refusing to publish .* is not signed"):
+        registry.publish(make_adapter(gated_adapter, tmp_path / "unsigned"), "bot")
+    assert registry.list() == []
+
+
+def test_require_signatures_accepts_a_signed_adapter_and_verify_checks_it(
+    signing_registry: tuple[Registry, Path], gated_adapter: Path, tmp_path: Path
+) -> None:
+    registry, private_key = signing_registry
+    adapter = make_adapter(gated_adapter, tmp_path / "signed")
+    sign_adapter(adapter, private_key)
+    entry = registry.publish(adapter, "bot")
+    assert entry.signed and "model.sig" in entry.files
+    assert [(c.ok, c.signature) for c in registry.verify()] == [(True, "verified")]
+
+
+def test_require_signatures_refuses_an_adapter_changed_after_signing(
+    signing_registry: tuple[Registry, Path], gated_adapter: Path, tmp_path: Path
+) -> None:
+    registry, private_key = signing_registry
+    adapter = make_adapter(gated_adapter, tmp_path / "signed")
+    sign_adapter(adapter, private_key)
+    make_adapter(gated_adapter, tmp_path / "scratch", "block")  # a manifest edit after signing:
+    shutil.copy(tmp_path / "scratch" / MANIFEST_NAME, adapter / MANIFEST_NAME)
+    with pytest.raises(GateBlocked):
+        registry.publish(adapter, "bot")
+    with pytest.raises(SignatureError, match=f"{MANIFEST_NAME}"):
+        registry.publish(adapter, "bot", force=True)  # force lifts the gate, never the signature
+
+
+def test_verify_fails_a_signed_version_whose_file_changed(
+    signing_registry: tuple[Registry, Path], gated_adapter: Path, tmp_path: Path
+) -> None:
+    registry, private_key = signing_registry
+    adapter = make_adapter(gated_adapter, tmp_path / "signed")
+    sign_adapter(adapter, private_key)
+    entry = registry.publish(adapter, "bot")
+    (entry.path / "adapter_config.json").write_text("{}")
+    (check,) = registry.verify()
+    assert check.signature == "failed"
+    assert [p.split(":")[0] for p in check.problems] == ["adapter_config.json", "signature"]
+
+
+def test_init_refuses_require_signatures_without_a_key(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="needs the key.*public_key= / --pub"):
+        Registry(tmp_path / "r").init(require_signatures=True)
+    assert not (tmp_path / "r").exists()
+
+
+def test_init_refuses_to_stop_requiring_signatures_without_force(signing_registry: tuple[Registry, Path]) -> None:
+    registry, _ = signing_registry
+    with pytest.raises(RegistryError, match="stop requiring signatures and drop its public key.*--force"):
+        registry.init()
+    assert registry.settings().require_signatures
+    assert not registry.init(force=True).require_signatures

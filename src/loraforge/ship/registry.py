@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loraforge.errors import ModelError, RegistryError
+from loraforge.errors import GateBlocked, ModelError, RegistryError, SignatureError, SigningKeyError
 from loraforge.files import loraforge_home, write_bytes_atomic, write_json_atomic
 from loraforge.models import read_manifest
 from loraforge.ship.registry_entry import (
@@ -27,7 +27,6 @@ from loraforge.ship.registry_entry import (
     PUBLIC_KEY_NAME,
     REGISTRY_FORMAT,
     SETTINGS_NAME,
-    SIGNATURE_NAME,
     Entry,
     LiveState,
     RegistrySettings,
@@ -44,6 +43,7 @@ from loraforge.ship.registry_files import (
     refuse_loosening,
     valid_name,
 )
+from loraforge.ship.signing import SIGNATURE_NAME, verify_adapter
 
 __all__ = ["Entry", "LiveState", "Registry", "RegistrySettings", "VersionCheck"]
 
@@ -326,7 +326,8 @@ class Registry:
     def _admit(
         self, adapter: Path, source: Path, name: str, force: bool, settings: RegistrySettings
     ) -> tuple[str | None, str | None, bool, str | None]:
-        """(verdict, the reason force was needed or None, signed, base fingerprint), or a RegistryError."""
+        """(verdict, the reason force was needed or None, signed, base fingerprint), or a refusal:
+        GateBlocked (exit 3) for a blocked adapter, SignatureError (exit 4) for a bad signature."""
         try:
             manifest = read_manifest(adapter)
         except ModelError as exc:
@@ -334,41 +335,37 @@ class Registry:
         gate = (manifest or {}).get("eval")
         verdict = gate.get("verdict") if isinstance(gate, dict) else None
         reason = None
-        if verdict == "block":
-            reasons = "; ".join(str(r) for r in gate.get("reasons", [])) if isinstance(gate, dict) else ""
-            reason = f"the eval gate blocked it ({reasons or 'no reasons recorded'})"
+        if isinstance(gate, dict) and verdict == "block":
+            reason = f"the eval gate blocked it ({'; '.join(map(str, gate.get('reasons', []))) or 'no reasons'})"
         elif verdict != "pass":
             reason = "it carries no gate result (loraforge.json has no eval.verdict)"
         if reason is not None and not force:
-            raise RegistryError(
+            kind = GateBlocked if verdict == "block" else RegistryError
+            raise kind(
                 f"registry {self.root}: refusing to publish {source} as {name}: {reason}; gate it "
                 "(loraforge eval CONFIG --adapter DIR) and fix what it reports, or publish anyway with "
                 "force=True / --force (recorded in the entry)"
             )
-        signed = (adapter / SIGNATURE_NAME).is_file()
         if settings.require_signatures:
-            problem = self._signature_problem(adapter, settings)
-            if problem is not None:
-                raise RegistryError(
-                    f"registry {self.root} requires signatures: refusing to publish {source} as {name}: {problem}; "
-                    "sign it with the registry's key pair (loraforge sign) and publish again"
-                )
+            what = f"registry {self.root} requires signatures; refusing to publish {source} as {name}"
+            self._verify_signature(adapter, settings, what)
         fingerprint = ((manifest or {}).get("base") or {}).get("fingerprint")
-        return verdict, reason, signed, fingerprint
+        return verdict, reason, (adapter / SIGNATURE_NAME).is_file(), fingerprint
 
-    def _signature_problem(self, adapter: Path, settings: RegistrySettings) -> str | None:
-        if not (adapter / SIGNATURE_NAME).is_file():
-            return f"it is unsigned (no {SIGNATURE_NAME})"
-        if settings.public_key is None or not settings.public_key.is_file():
-            key = self.root / PUBLIC_KEY_NAME
-            return f"the registry has no public key ({key}); run loraforge registry init --pub PUB.pem"
-        from loraforge.ship.signing import verify_adapter  # TODO top level after merging ship-sign
-
+    def _verify_signature(self, adapter: Path, settings: RegistrySettings, what: str) -> None:
+        """Raise SignatureError, prefixed with `what`, unless model.sig verifies under the registry's key."""
+        key = settings.public_key
+        if key is None or not key.is_file():
+            raise RegistryError(
+                f"{what}: the registry has no public key ({self.root / PUBLIC_KEY_NAME}); set it with "
+                "loraforge registry init --require-signatures --pub PUB.pem (Registry.init(public_key=...))"
+            )
         try:
-            verify_adapter(adapter, settings.public_key)
-        except ModelError as exc:
-            return f"its signature does not verify: {exc}"
-        return None
+            verify_adapter(adapter, key)
+        except SignatureError as exc:
+            raise SignatureError(
+                f"{what}: {exc}", reason=exc.reason, changed=exc.changed, added=exc.added, missing=exc.missing
+            ) from exc
 
     def _check(self, name: str, version: int, settings: RegistrySettings) -> VersionCheck:
         try:
@@ -381,12 +378,12 @@ class Registry:
         except ModelError as exc:
             problems.append(f"manifest: {exc}")
         signed = (entry.path / SIGNATURE_NAME).is_file()
-        signature = "unsigned"
-        if settings.require_signatures or signed:
-            if not signed or settings.public_key is not None:
-                problem = self._signature_problem(entry.path, settings)
-                signature = "failed" if problem else "verified"
-                problems += [problem] if problem else []
-            else:
-                signature = "not checked"  # signed, but the registry has no key to check it with
+        signature = "unsigned" if not signed else "not checked"  # not checked: signed, but no key to check with
+        if settings.require_signatures or (signed and settings.public_key is not None):
+            try:
+                self._verify_signature(entry.path, settings, f"{name}@{version}")
+                signature = "verified"
+            except (SignatureError, SigningKeyError, RegistryError) as exc:
+                signature = "failed"
+                problems.append(f"signature: {exc}")
         return VersionCheck(name, version, problems, signature)

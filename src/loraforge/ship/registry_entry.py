@@ -13,7 +13,6 @@ PUBLIC_KEY_NAME = "public_key.pem"
 ADAPTER_SUBDIR = "adapter"  # versions/N/adapter is the adapter exactly as published; entry.json sits beside it
 ENTRY_NAME = "entry.json"
 LIVE_NAME = "live.json"
-SIGNATURE_NAME = "model.sig"  # TODO from signing
 COUNTER_NAME = "name.json"  # the highest version ever given, so a removed version's number is never reused
 
 
