@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 from ship_adapters import make_adapter
 from tiny import LLAMA3_STYLE_TEMPLATE
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,7 +58,7 @@ def test_merged_dora_matches_unmerged_by_its_magnitude_rule(tiny_base_dir: Path,
     # the plain LoRA fold W + s*B@A of the same weights is not what DoRA computes
     as_lora = load_adapter(load_base(str(tiny_base_dir)).model, adapter)
     for module in as_lora.modules():
-        if hasattr(module, "use_dora"):
+        if isinstance(module, LoraLayer):
             module.use_dora["default"] = False
     assert (_logits(as_lora.merge_and_unload(), ids) - unmerged).abs().max().item() > 10 * merge.FP32_LOGIT_TOLERANCE
 
@@ -78,7 +79,7 @@ def test_merged_dir_generates_with_plain_transformers_in_the_training_template(
 ) -> None:
     adapter = make_adapter(tiny_base_dir, tmp_path / "adapter", chat_template=LLAMA3_STYLE_TEMPLATE)
     merge_adapter(adapter, tmp_path / "merged", "bf16", **CHEAP)
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
     assert model.dtype == torch.bfloat16
     prompt = tokenizer.apply_chat_template(

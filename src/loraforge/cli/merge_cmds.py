@@ -37,9 +37,10 @@ def merge_command(
         f"max |logit difference| {report.max_abs_logit_diff:.3g} (tolerance {report.tolerance:g}, {report.dtype}) "
         f"over {report.n_prompts} prompts from {report.prompts_source}",
         highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"greedy answers equal ({report.greedy_tokens} tokens each): yes", highlight=False)
-    console.print(f"merged {report.variant} adapter written to {report.out_dir}", highlight=False)
+    console.print(f"greedy answers equal ({report.greedy_tokens} tokens each): yes", highlight=False, soft_wrap=True)
+    console.print(f"merged {report.variant} adapter written to {report.out_dir}", highlight=False, soft_wrap=True)
 
 
 def export_command(
@@ -68,25 +69,32 @@ def export_command(
     from loraforge.ship.export_vllm import export_for_vllm
 
     report = export_for_vllm(adapter_dir, out, max_lora_rank, name=name, base=base, check_with_vllm=vllm_check)
-    console.print(f"exported for {target.value}: {report.out_dir} (rank {report.rank})", highlight=False)
+    console.print(
+        f"exported for {target.value}: {report.out_dir} (rank {report.rank})", highlight=False, soft_wrap=True
+    )
     for note in report.notes:
-        console.print(f"note: {note}", highlight=False)
-    console.print("serve it with:", highlight=False)
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    console.print("serve it with:", highlight=False, soft_wrap=True)
     typer.echo(report.serve_command)
     check = report.vllm_check
     if check is None:
         return 0
     if not check.ran:
-        console.print(f"vLLM token check skipped: {check.reason}", highlight=False)
+        console.print(f"vLLM token check skipped: {check.reason}", highlight=False, soft_wrap=True)
         return 0
     if check.equal:
         console.print(
             f"vLLM {check.vllm_version} greedy tokens equal loraforge's on {check.n_prompts} prompts "
             f"({check.greedy_tokens} tokens each, {check.prompts_source})",
             highlight=False,
+            soft_wrap=True,
         )
         return 0
-    console.print(f"[bold red]vLLM greedy tokens differ from loraforge's:[/] {check.first_difference}", highlight=False)
+    console.print(
+        f"[bold red]vLLM greedy tokens differ from loraforge's:[/] {check.first_difference}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 1
 
 
