@@ -174,7 +174,8 @@ def _load_base_as_trained(source: AdapterSource, compute_dtype: torch.dtype) -> 
 def load_unmerged(source: AdapterSource, dtype: torch.dtype) -> LoadedBase:
     """The unmerged adapter on its base, in `dtype`; refuses an adapter trained on another base."""
     base = _load_base_as_trained(source, dtype)
-    base.model = load_adapter(base.model, source.adapter_dir, base_fingerprint=base.fingerprint)
+    # LoadedBase.model holds the PeftModel from here on: it runs the base and the adapter unmerged
+    base.model = load_adapter(base.model, source.adapter_dir, base_fingerprint=base.fingerprint)  # type: ignore[assignment]
     base.model.eval()
     return base
 
