@@ -81,10 +81,10 @@ def test_merged_dir_generates_with_plain_transformers_in_the_training_template(
     tiny_base_dir: Path, tmp_path: Path
 ) -> None:
     adapter = make_adapter(tiny_base_dir, tmp_path / "adapter", chat_template=LLAMA3_STYLE_TEMPLATE)
-    merge_adapter(adapter, tmp_path / "merged", "bf16", **CHEAP)
+    merge_adapter(adapter, tmp_path / "merged", "fp16", **CHEAP)
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
-    assert model.dtype == torch.bfloat16
+    assert model.dtype == torch.float16
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True
     )
