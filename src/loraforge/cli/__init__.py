@@ -8,7 +8,17 @@ import typer
 from rich.console import Console
 
 from loraforge import __version__
-from loraforge.cli import config_cmds, data_cmds, demo_cmds, docs_cmds, eval_cmds, models_cmds, plan_cmds, train_cmds
+from loraforge.cli import (
+    card_cmds,
+    config_cmds,
+    data_cmds,
+    demo_cmds,
+    docs_cmds,
+    eval_cmds,
+    models_cmds,
+    plan_cmds,
+    train_cmds,
+)
 from loraforge.errors import LoraforgeError
 
 app = typer.Typer(
@@ -42,6 +52,7 @@ train_cmds.register(app)
 eval_cmds.register(app)
 plan_cmds.register(app)
 docs_cmds.register(app)
+card_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
