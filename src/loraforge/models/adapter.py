@@ -37,11 +37,9 @@ def save_adapter(
     adapter_config.json names the base by its public id (manifest base.hub_id) where one is known."""
     payload = {"format": MANIFEST_FORMAT, **manifest}
     validate_manifest(payload, adapter_dir / MANIFEST_NAME)
-    conversion = (
-        {} if initial_adapter_dir is None else {"path_initial_model_for_weight_conversion": str(initial_adapter_dir)}
-    )
+    initial = str(initial_adapter_dir) if initial_adapter_dir is not None else None
     with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True, **conversion)
+        model.save_pretrained(str(tmp), safe_serialization=True, path_initial_model_for_weight_conversion=initial)
         (tmp / PEFT_CARD).unlink(missing_ok=True)  # "[More Information Needed]" throughout, the base by a cache path
         hub_id = (payload.get("base") or {}).get("hub_id")
         if hub_id:

@@ -107,7 +107,7 @@ def run_training(config: Config, *, resume: bool = False, accelerator: Accelerat
         accelerator=accelerator,
     )
     wall_seconds = time.perf_counter() - started
-    configured = model.peft_config["default"].target_modules or []
+    configured = getattr(model.peft_config["default"], "target_modules", None) or []
     targets = [configured] if isinstance(configured, str) else sorted(configured)
     manifest = build_manifest(config, base, data, result, step, target_modules=targets, wall_seconds=wall_seconds)
     adapter_dir = out_dir / "adapter"
