@@ -7,7 +7,10 @@ so a test adapter carries a whole one; a real run's manifest is checked in test_
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
+
+from tiny import CHATML_TEMPLATE
 
 from loraforge.models import MANIFEST_FORMAT
 
@@ -31,7 +34,8 @@ def valid_manifest(
             "targets": "all-linear",
             "target_modules": ["q_proj", "v_proj"],
         },  # fmt: skip
-        "chat_template": {"text": "{{ messages }}", "sha256": ZERO_SHA},
+        # the tiny base's own template: the gate prompts an adapter in the template its manifest records
+        "chat_template": {"text": CHATML_TEMPLATE, "sha256": hashlib.sha256(CHATML_TEMPLATE.encode()).hexdigest()},
         "tokenizer": {"sha256": ZERO_SHA},
         "data": {
             "train_sha256": ZERO_SHA,

@@ -54,7 +54,7 @@ def _adapter(tmp_path: Path, base_dir: Path) -> Path:
     from loraforge.models import attach_lora, load_base, save_adapter
 
     base = load_base(str(base_dir))
-    return save_adapter(attach_lora(base.model, LoraSpec(r=2)), tmp_path / "adapter", valid_manifest())
+    return save_adapter(attach_lora(base.model, LoraSpec(r=2)), tmp_path / "adapter", valid_manifest(base.fingerprint))
 
 
 def corrupt_base(tmp_path: Path, base_dir: Path) -> Case:
