@@ -48,11 +48,13 @@ def _config(tmp_path: Path, base: str | Path, **sections: object) -> Path:
 
 
 def _adapter(tmp_path: Path, base_dir: Path) -> Path:
+    from manifests import valid_manifest
+
     from loraforge.config import LoraSpec
     from loraforge.models import attach_lora, load_base, save_adapter
 
     base = load_base(str(base_dir))
-    return save_adapter(attach_lora(base.model, LoraSpec(r=2)), tmp_path / "adapter", {})
+    return save_adapter(attach_lora(base.model, LoraSpec(r=2)), tmp_path / "adapter", valid_manifest(base.fingerprint))
 
 
 def corrupt_base(tmp_path: Path, base_dir: Path) -> Case:

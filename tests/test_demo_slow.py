@@ -30,6 +30,7 @@ def test_demo_passes_the_gate_with_golden_at_least_85_percent(
     for artifact in (
         "adapter/adapter_model.safetensors",
         "adapter/loraforge.json",
+        "adapter/README.md",
         "eval/report.html",
         "loss.png",
         "metrics.jsonl",

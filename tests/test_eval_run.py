@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from manifests import valid_manifest
 from peft import PeftModel
 
 from loraforge.cli import main
@@ -153,7 +154,7 @@ def test_html_report_parses_and_holds_the_slice_table(tiny_base_dir: Path, golde
 def test_against_adapter_is_scored_and_removed_after(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
     base = load_base(str(tiny_base_dir))
     shipped = tmp_path / "shipped"
-    save_adapter(identity_adapter(load_base(str(tiny_base_dir))), shipped, {"base": {"fingerprint": base.fingerprint}})
+    save_adapter(identity_adapter(load_base(str(tiny_base_dir))), shipped, valid_manifest(base.fingerprint))
     model = wrecking_adapter(base)
     report = run_gate(base, model, records(golden_file), SPEC, tmp_path / "eval", against=shipped)
     assert report.roles == ["base", "adapter", "against"] and report.slices["tickets"].rate("against") == 1.0
@@ -168,7 +169,7 @@ def write_run(tmp_path: Path, tiny_base_dir: Path, golden_file: Path, wreck: boo
     base = load_base(str(tiny_base_dir))
     model = wrecking_adapter(base) if wreck else identity_adapter(base)
     output = tmp_path / "run"
-    manifest = {"base": {"fingerprint": base.fingerprint}, "data": {"golden_sha256": sha256_file(golden_file)}}
+    manifest = valid_manifest(base.fingerprint, golden_sha256=sha256_file(golden_file))
     save_adapter(model, output / "adapter", manifest)
     golden = tmp_path / "golden.jsonl"
     golden.write_bytes(golden_file.read_bytes())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from manifests import TEST_FINGERPRINT, valid_manifest
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -108,7 +109,7 @@ def test_adapter_round_trips_through_plain_peft(tiny_base_dir: Path, tmp_path: P
     ids = torch.tensor([[1, 5, 9, 33, 70, 2]])
     with torch.no_grad():
         expected = model(input_ids=ids).logits
-    adapter_dir = save_adapter(model, tmp_path / "adapter", {"base": {"fingerprint": base.fingerprint}})
+    adapter_dir = save_adapter(model, tmp_path / "adapter", valid_manifest(base.fingerprint))
     plain_base = AutoModelForCausalLM.from_pretrained(str(tiny_base_dir), dtype=torch.float32)
     plain = PeftModel.from_pretrained(plain_base, str(adapter_dir)).eval()
     with torch.no_grad():
@@ -140,9 +141,9 @@ def test_plain_peft_adapter_loads_in_loraforge(tiny_base_dir: Path, tmp_path: Pa
 def test_adapter_for_another_base_is_refused_with_both_fingerprints(tiny_base_dir: Path, tmp_path: Path) -> None:
     base = load_base(str(tiny_base_dir))
     model = attach_lora(base.model, LoraSpec(r=2))
-    save_adapter(model, tmp_path / "a", {"base": {"fingerprint": "sha256:other"}})
+    save_adapter(model, tmp_path / "a", valid_manifest(TEST_FINGERPRINT))
     fresh = load_base(str(tiny_base_dir))
-    with pytest.raises(ModelError, match="sha256:other.*" + fresh.fingerprint[:20]):
+    with pytest.raises(ModelError, match=TEST_FINGERPRINT + ".*" + fresh.fingerprint[:20]):
         load_adapter(fresh.model, tmp_path / "a", base_fingerprint=fresh.fingerprint)
 
 
@@ -150,9 +151,9 @@ def test_save_replaces_an_existing_adapter_whole(tiny_base_dir: Path, tmp_path: 
     base = load_base(str(tiny_base_dir))
     model = attach_lora(base.model, LoraSpec(r=2))
     target = tmp_path / "adapter"
-    save_adapter(model, target, {"run": 1})
-    save_adapter(model, target, {"run": 2})
-    assert read_manifest(target)["run"] == 2
+    save_adapter(model, target, valid_manifest(seed=1))
+    save_adapter(model, target, valid_manifest(seed=2))
+    assert read_manifest(target)["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from manifests import valid_manifest
 from peft import get_peft_model
 
 from loraforge.config import LoraSpec
@@ -83,7 +84,7 @@ def test_directory_without_config_json_is_refused(tmp_path: Path) -> None:
 def test_adapter_bytes_match_the_saved_safetensors(tiny_base_dir: Path, tmp_path: Path) -> None:
     spec = LoraSpec()
     base = load_base(str(tiny_base_dir))
-    save_adapter(attach_lora(base.model, spec), tmp_path / "adapter", manifest={})
+    save_adapter(attach_lora(base.model, spec), tmp_path / "adapter", manifest=valid_manifest())
     saved = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
     predicted = sum(trainable_by_module(model_shape(str(tiny_base_dir)), spec).values()) * ADAPTER_BYTES
     assert abs(saved - predicted) / predicted < 0.05  # the rest is the safetensors JSON header

@@ -26,6 +26,7 @@ WEIGHTS = "adapter_model.safetensors"
 def run_worker(base_dir: Path, out: Path, resume: bool, identity: str = "v1", **spec: object) -> TrainResult:
     """Train on the tiny model and export the best adapter (what the worker process does)."""
     import torch
+    from manifests import valid_manifest
     from test_train_batches import tiny_plan
     from transformers import set_seed
 
@@ -37,7 +38,7 @@ def run_worker(base_dir: Path, out: Path, resume: bool, identity: str = "v1", **
     model = attach_lora(load_base(str(base_dir)).model, LoraSpec(r=4, alpha=8, dropout=0.1))
     plan = tiny_plan(base_dir, n_train=32, micro=4)
     result = train(model, plan, TrainSpec(**{**SPEC, **spec}), out, identity={"data": identity}, resume=resume)
-    export_adapter(model, out / "adapter", {"seed": 0})
+    export_adapter(model, out / "adapter", valid_manifest())
     return result
 
 

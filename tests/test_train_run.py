@@ -106,8 +106,8 @@ def test_a_base_without_a_template_is_gated_in_data_template(tmp_path: Path) -> 
     prompts = _gate_prompts(tmp_path / "run")
     assert len(prompts) == 3 and all(LLAMA3_MARKER in p and SYSTEM in p for p in prompts)
     manifest = read_manifest(outcome.train.adapter_dir) or {}
-    assert manifest["chat_template"] == LLAMA3_STYLE_TEMPLATE
-    assert manifest["chat_template_sha256"] == hashlib.sha256(LLAMA3_STYLE_TEMPLATE.encode()).hexdigest()
+    assert manifest["chat_template"]["text"] == LLAMA3_STYLE_TEMPLATE
+    assert manifest["chat_template"]["sha256"] == hashlib.sha256(LLAMA3_STYLE_TEMPLATE.encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")

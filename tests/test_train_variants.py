@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from manifests import TEST_FINGERPRINT, valid_manifest
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from test_train_batches import tiny_plan
@@ -45,7 +46,7 @@ def test_variant_trains_and_its_adapter_loads_in_plain_peft(variant: str, tiny_b
     before = evaluate_loss(TokenLossSum(model), plan, Accelerator())
     result = train(model, plan, SPEC, tmp_path / "run", identity={}, loraplus_lr_ratio=ratio)
     assert result.best_eval_loss < before
-    adapter_dir = export_adapter(model, tmp_path / "adapter", {"base": {"fingerprint": "f"}}, initial)
+    adapter_dir = export_adapter(model, tmp_path / "adapter", valid_manifest(TEST_FINGERPRINT), initial)
     ids = torch.tensor([[1, 5, 9, 33, 70, 2, 44, 12]])
     with torch.no_grad():
         expected = model(input_ids=ids).logits.float()
@@ -54,7 +55,7 @@ def test_variant_trains_and_its_adapter_loads_in_plain_peft(variant: str, tiny_b
         got = plain(input_ids=ids).logits.float()
     # bitsandbytes' CPU inference kernel rounds the 4-bit block scales to bf16 on first use
     torch.testing.assert_close(got, expected, atol=1e-2 if variant == "qlora" else 2e-4, rtol=0)
-    assert read_manifest(adapter_dir)["base"]["fingerprint"] == "f"
+    assert read_manifest(adapter_dir)["base"]["fingerprint"] == TEST_FINGERPRINT
 
 
 def _plain_base(base_dir: Path, variant: str) -> torch.nn.Module:

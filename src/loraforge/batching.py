@@ -50,9 +50,7 @@ def target_examples_per_step(examples: int) -> int:
     return max(MIN_EXAMPLES_PER_STEP, min(MAX_EXAMPLES_PER_STEP, round(examples / STEPS_PER_EPOCH)))
 
 
-def step_size(
-    examples: int, rows: int, micro_batch_size: int, grad_accum: int | str, processes: int = 1
-) -> StepSize:
+def step_size(examples: int, rows: int, micro_batch_size: int, grad_accum: int | str, processes: int = 1) -> StepSize:
     """The step for `examples` training examples packed into `rows` rows (equal without packing).
 
     With `grad_accum` an integer the config decides and only the figures are derived. With "auto",

@@ -117,7 +117,8 @@ class DataSpec(Section):
         default=True, description="remove train rows that duplicate golden rows, so the gate measures generalisation"
     )
     pii: Literal["redact", "report", "off"] = Field(
-        default="redact", description="PII found by Presidio patterns (email, phone, card, IBAN, IP, US SSN); "
+        default="redact",
+        description="PII found by Presidio patterns (email, phone, card, IBAN, IP, US SSN); "
         "redact also drops rows whose answer repeats a redacted value (docs/data.md#pii)",
     )
     pii_ner_model: Path | None = Field(

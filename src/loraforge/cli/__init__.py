@@ -9,6 +9,7 @@ from rich.console import Console
 
 from loraforge import __version__
 from loraforge.cli import (
+    card_cmds,
     config_cmds,
     data_cmds,
     demo_cmds,
@@ -57,6 +58,7 @@ ship_cmds.register(app)
 registry_cmds.register(app)
 docs_cmds.register(app)
 merge_cmds.register(app)
+card_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

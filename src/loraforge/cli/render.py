@@ -27,8 +27,7 @@ def data_summary(report: dict[str, Any], output: Path) -> Table:
         "leaked (golden duplicates removed)": str(report["leaked"]),
         "duplicates": f"exact {report['duplicates']['exact']}, near {report['duplicates']['near']}",
         "PII": f"{pii['mode']}: {', '.join(f'{k} {v}' for k, v in pii['counts'].items()) or 'none found'}",
-        "PII rows by recognizer": ", ".join(f"{k} {v}" for k, v in pii.get("rows_by_recognizer", {}).items())
-        or "none",
+        "PII rows by recognizer": ", ".join(f"{k} {v}" for k, v in pii.get("rows_by_recognizer", {}).items()) or "none",
         "PII-dependent rows dropped": str(pii.get("dropped_dependent", 0)),
         "token length p50/p95/max": f"{pct['p50']} / {pct['p95']} / {pct['max']}",
         "max_seq_len": f"{report['max_seq_len']} ({report['max_seq_len_source']})",

@@ -77,9 +77,7 @@ class PiiScanner:
     def find(self, text: str) -> list[Any]:
         if not self.ner and not _CANDIDATE.search(text):
             return []
-        return list(
-            self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=MIN_SCORE)
-        )
+        return list(self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=MIN_SCORE))
 
     def redact(self, text: str, found: list[Any]) -> str:
         """Replace each finding with its type, e.g. <EMAIL_ADDRESS>."""

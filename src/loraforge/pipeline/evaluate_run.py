@@ -14,7 +14,7 @@ from loraforge.data import REPORT_NAME, read_records, resolve_chat_template
 from loraforge.data.types import Record
 from loraforge.errors import EvalError
 from loraforge.evaluate import GateReport, run_gate
-from loraforge.models import load_adapter, load_base, read_manifest
+from loraforge.models import load_adapter, load_base, manifest_chat_template, read_manifest
 from loraforge.train import resolve_base_dtype
 
 EVAL_DIR_NAME = "eval"
@@ -58,8 +58,8 @@ def golden_freeze_notes(golden: Path, current: str, recorded: str | None, source
 def trained_template(adapter_dir: Path, config: Config, tokenizer: Any) -> str:
     """The chat template the adapter was trained with, as its manifest records it; for an adapter
     without one (plain PEFT, or trained before manifests held it), data.template or the tokenizer's."""
-    recorded = (read_manifest(adapter_dir) or {}).get("chat_template")
-    if isinstance(recorded, str) and recorded.strip():
+    recorded = manifest_chat_template(read_manifest(adapter_dir))
+    if recorded is not None:
         return recorded
     return resolve_chat_template(tokenizer, config.data.template)
 

@@ -13,10 +13,10 @@ from accelerate import Accelerator
 
 from loraforge.config import Config
 from loraforge.evaluate import GateReport
-from loraforge.files import write_json_atomic
-from loraforge.models import MANIFEST_NAME, read_manifest
+from loraforge.models import read_manifest, write_manifest
 from loraforge.pipeline.evaluate_run import evaluate_run
 from loraforge.pipeline.train_run import TrainRun, run_training
+from loraforge.ship.card import write_model_card
 from loraforge.ship.signing import SIGNATURE_NAME, SigningKey, sign_adapter, signing_key
 
 
@@ -40,7 +40,7 @@ def train_and_gate(config: Config, *, resume: bool = False, accelerator: Acceler
     record_gate(run, report)
     # Ship steps, in this order (each one's files are covered by the next): the model card from the
     # completed manifest, then the signature when ship.key is set and the gate passed.
-
+    write_model_card(run.adapter_dir)
     signature = sign_if_passed(run.adapter_dir, report, key)
     return RunOutcome(run, report, signature)
 
@@ -55,8 +55,8 @@ def sign_if_passed(adapter_dir: Path, report: GateReport, key: SigningKey | None
 
 
 def record_gate(run: TrainRun, report: GateReport) -> None:
-    """Store the verdict in the adapter manifest (rewritten atomically), so the artifact carries it."""
+    """Store the verdict in the adapter manifest (checked and rewritten atomically), so the artifact carries it."""
     manifest = read_manifest(run.adapter_dir) or dict(run.manifest)
     manifest["eval"] = report.summary()
+    write_manifest(run.adapter_dir, manifest)
     run.manifest = manifest
-    write_json_atomic(run.adapter_dir / MANIFEST_NAME, manifest)

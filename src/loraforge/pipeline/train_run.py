@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import platform
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,8 +35,17 @@ from loraforge.data import (
 )
 from loraforge.errors import TrainError
 from loraforge.files import write_text_atomic
-from loraforge.models import LoadedBase, attach_lora, context_length, load_base
+from loraforge.models import (
+    LoadedBase,
+    attach_lora,
+    context_length,
+    load_base,
+    public_base,
+    tokenizer_sha256,
+    utc_timestamp,
+)
 from loraforge.pipeline.prepare import prepare_for_run
+from loraforge.ship.card import write_model_card
 from loraforge.train import (
     BatchPlan,
     TrainResult,
@@ -84,6 +95,7 @@ def run_training(config: Config, *, resume: bool = False, accelerator: Accelerat
     if accelerator.is_main_process:
         write_data_report(out_dir, data.report)
         write_text_atomic(out_dir / "config.yaml", render_yaml(config))
+    started = time.perf_counter()
     result = train(
         model,
         batches,
@@ -94,10 +106,14 @@ def run_training(config: Config, *, resume: bool = False, accelerator: Accelerat
         loraplus_lr_ratio=config.lora.loraplus_lr_ratio if config.lora.variant == "loraplus" else None,
         accelerator=accelerator,
     )
-    manifest = build_manifest(config, base, data, result, step)
+    wall_seconds = time.perf_counter() - started
+    configured = getattr(model.peft_config["default"], "target_modules", None) or []
+    targets = [configured] if isinstance(configured, str) else sorted(configured)
+    manifest = build_manifest(config, base, data, result, step, target_modules=targets, wall_seconds=wall_seconds)
     adapter_dir = out_dir / "adapter"
     if accelerator.is_main_process:
         export_adapter(model, adapter_dir, manifest, initial_dir)
+        write_model_card(adapter_dir)  # replaces PEFT's boilerplate; rewritten once the gate has run
     accelerator.wait_for_everyone()
     # The eval gate runs here (pipeline, not train, calls it): score OUTPUT/adapter against the
     # golden set and store its report under manifest["eval"] before anything is shipped.
@@ -191,7 +207,7 @@ def run_identity(config: Config, base_fingerprint: str, data: PreparedData) -> d
 
 
 def library_versions() -> dict[str, str]:
-    versions = {}
+    versions = {"python": platform.python_version()}
     for name in VERSIONED_PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -201,28 +217,77 @@ def library_versions() -> dict[str, str]:
 
 
 def build_manifest(
-    config: Config, base: LoadedBase, data: PreparedData, result: TrainResult, step: StepSize
+    config: Config,
+    base: LoadedBase,
+    data: PreparedData,
+    result: TrainResult,
+    step: StepSize,
+    *,
+    target_modules: list[str],
+    wall_seconds: float,
 ) -> dict[str, Any]:
-    report_hashes = {k: v for k, v in data.report.items() if k.endswith("_sha256") and v}
+    """OUTPUT/adapter/loraforge.json as training writes it (eval: null until the gate fills it);
+    every key is in loraforge/models/manifest.schema.json and docs/manifest.md."""
+    report = data.report
+    hub_id, license_id = public_base(config.base)
     return {
-        "base": {"spec": config.base, "fingerprint": base.fingerprint, "dtype": str(base.dtype).removeprefix("torch.")},
-        "lora": to_plain(config.lora),
-        "data": {**report_hashes, "tokenized_sha256": tokenized_sha256(data), "max_seq_len": data.max_seq_len},
+        "created_at": utc_timestamp(),
+        "base": {
+            "spec": config.base,
+            "fingerprint": base.fingerprint,
+            "dtype": str(base.dtype).removeprefix("torch."),
+            "hub_id": hub_id,
+            "license": license_id,
+        },
+        "lora": {**to_plain(config.lora), "target_modules": sorted(target_modules)},
+        # the template the rows were rendered with: the gate and serving prompt in it (docs/training.md)
+        "chat_template": {"text": data.chat_template, "sha256": template_sha256(data.chat_template)},
+        "tokenizer": {"sha256": tokenizer_sha256(base.model_dir)},
+        "data": {
+            **{f"{name}_sha256": report.get(f"{name}_sha256") for name in ("train", "eval", "golden", "replay")},
+            "tokenized_sha256": tokenized_sha256(data),
+            "max_seq_len": data.max_seq_len,
+            "rows": data_rows(report),
+        },
         "seed": config.train.seed,
         "config": to_plain(config),
         "versions": library_versions(),
-        # the template the rows were rendered with: the gate and serving prompt in it (docs/training.md)
-        "chat_template": data.chat_template,
-        "chat_template_sha256": template_sha256(data.chat_template),
-        "train": {
-            "best_step": result.best_step,
-            "best_eval_loss": result.best_eval_loss,
+        "training": {
             "final_step": result.final_step,
             "total_steps": result.total_steps,
+            "best_step": result.best_step,
+            "best_eval_loss": result.best_eval_loss,
+            "eval_losses": [{"step": s, "loss": loss} for s, loss in result.eval_losses],
+            "tokens_per_second": round(result.tokens_per_s, 1),
+            "wall_seconds": round(wall_seconds, 2),
             "stop_reason": result.stop_reason,
             "micro_batch_size": step.micro_batch_size,
             "grad_accum": step.grad_accum,
             "examples_per_step": round(step.examples_per_step, 2),
+            "resumed_from": result.resumed_from,
         },
         "eval": None,  # filled by the eval gate
+    }
+
+
+def data_rows(report: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's data.rows from data_report.json: counts after hygiene and what it removed."""
+    split, pii, duplicates = report["split"], report["pii"], report["duplicates"]
+    return {
+        "rows_in": report["rows_in"],
+        "train": split["train"],
+        "eval": split["eval"],
+        "golden": report["golden_rows"],
+        "replay": split["replay"],
+        "dropped": dict(report["dropped"]),
+        "truncated": report["truncated"],
+        "leaked": report["leaked"],
+        "dedup": {"exact": duplicates["exact"], "near": duplicates["near"]},
+        "pii": {
+            "mode": pii["mode"],
+            "rows_with_pii": pii["rows_with_pii"],
+            "by_recognizer": dict(pii["rows_by_recognizer"]),
+            "entities": dict(pii["counts"]),
+            "dropped_dependent": pii["dropped_dependent"],
+        },
     }

@@ -7,15 +7,13 @@ converted to plain LoRA (PEFT's path_initial_model_for_weight_conversion: rank d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
 
 from loraforge.files import atomic_dir
-from loraforge.models import MANIFEST_NAME, save_adapter
-from loraforge.models.adapter import MANIFEST_FORMAT
+from loraforge.models import save_adapter
 
 PISSA_INIT_SUBDIR = "pissa_init"
 
@@ -34,10 +32,4 @@ def export_adapter(
     """Save the adapter + manifest atomically; with `initial_adapter_dir`, convert PiSSA to plain LoRA."""
     if initial_adapter_dir is None:
         return save_adapter(model, adapter_dir, manifest)
-    with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(
-            str(tmp), safe_serialization=True, path_initial_model_for_weight_conversion=str(initial_adapter_dir)
-        )
-        payload = {"format": MANIFEST_FORMAT, **manifest, "pissa_converted_to_lora": True}
-        (tmp / MANIFEST_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    return adapter_dir
+    return save_adapter(model, adapter_dir, {**manifest, "pissa_converted_to_lora": True}, initial_adapter_dir)
