@@ -3,10 +3,12 @@ so the adapter changes the output (a fresh LoRA's B is zero and its merge would 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
+from manifests import valid_manifest
 from peft import PeftModel
 
 from loraforge.config import LoraSpec
@@ -37,10 +39,13 @@ def make_adapter(
     base = load_base(str(base_dir), quantization_config=quantization)
     model = attach_lora(base.model, LoraSpec(r=r, variant=variant))  # type: ignore[arg-type]
     randomize_lora_b(model, std=b_std)
-    manifest = {
-        "base": {"spec": str(base_dir), "fingerprint": base.fingerprint, "dtype": "float32"},
-        "lora": {"variant": variant, "r": r},
-        "chat_template": chat_template if chat_template is not None else base.chat_template,
-        "config": {"data": {"golden": str(golden) if golden else None}},
-    }
+    template = chat_template if chat_template is not None else base.chat_template
+    manifest = valid_manifest(
+        base.fingerprint,
+        base={"spec": str(base_dir), "fingerprint": base.fingerprint, "dtype": "float32", "hub_id": None},
+        config={"data": {"golden": str(golden) if golden else None}},
+    )
+    manifest["base"]["license"] = None
+    manifest["lora"].update(variant=variant, r=r)
+    manifest["chat_template"] = {"text": template, "sha256": hashlib.sha256(template.encode()).hexdigest()}
     return save_adapter(model, out, manifest)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from manifests import valid_manifest
 from peft import LoraConfig, PeftModel, get_peft_model
 from ship_adapters import make_adapter, randomize_lora_b
 from tiny import LLAMA3_STYLE_TEMPLATE
@@ -32,7 +33,8 @@ def _peft_adapter(base_dir: Path, out: Path, **lora: object) -> Path:
     settings = {"r": 4, "lora_alpha": 8, "target_modules": LLAMA_TARGETS, "task_type": "CAUSAL_LM", **lora}
     model = get_peft_model(base.model, LoraConfig(**settings))  # type: ignore[arg-type]
     randomize_lora_b(model)
-    return save_adapter(model, out, {"base": {"spec": str(base_dir), "fingerprint": base.fingerprint}})
+    spec = {"spec": str(base_dir), "fingerprint": base.fingerprint, "dtype": "float32", "hub_id": None, "license": None}
+    return save_adapter(model, out, valid_manifest(base.fingerprint, base=spec))
 
 
 def _refusal(adapter: Path, out: Path, **kwargs: object) -> str:

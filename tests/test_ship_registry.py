@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from manifests import valid_manifest
 
 import loraforge
 from loraforge.cli import main
@@ -30,11 +31,17 @@ from loraforge.ship.signing import generate_keypair, sign_adapter
 BLOCK_REASON = "golden/format: 40.0% vs base 90.0%"
 
 
+def gate_result(verdict: str, *reasons: str) -> dict[str, Any]:
+    """The manifest's eval section as the gate writes it, for one golden slice."""
+    slices = {"format": {"n": 10, "probe": False, "base": 0.9, "adapter": 0.4 if reasons else 0.9}}
+    return {"verdict": verdict, "reasons": list(reasons), "notes": [], "slices": slices}
+
+
 @pytest.fixture(scope="module")
 def gated_adapter(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny adapter whose manifest says the gate passed it; tests copy it and edit the verdict."""
     base = load_base(str(tiny_base_dir))
-    manifest = {"base": {"fingerprint": base.fingerprint}, "eval": {"verdict": "pass", "reasons": []}}
+    manifest = valid_manifest(base.fingerprint, eval=gate_result("pass"))
     return save_adapter(attach_lora(base.model, LoraSpec(r=2)), tmp_path_factory.mktemp("adapter") / "a", manifest)
 
 
@@ -43,9 +50,9 @@ def make_adapter(gated_adapter: Path, out: Path, gate: dict[str, Any] | None | s
     shutil.copytree(gated_adapter, out)
     manifest = read_manifest(out) or {}
     if gate == "pass":
-        manifest["eval"] = {"verdict": "pass", "reasons": []}
+        manifest["eval"] = gate_result("pass")
     elif gate == "block":
-        manifest["eval"] = {"verdict": "block", "reasons": [BLOCK_REASON]}
+        manifest["eval"] = gate_result("block", BLOCK_REASON)
     else:
         manifest["eval"] = gate
     write_json_atomic(out / MANIFEST_NAME, manifest)
@@ -94,11 +101,14 @@ def test_gate_blocked_adapter_is_refused(registry: Registry, gated_adapter: Path
     assert not (registry.root / "bot").exists()
 
 
-@pytest.mark.parametrize("gate", [None, {"verdict": "maybe"}])
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [(None, "no gate result.*force=True / --force"), ({"verdict": "maybe"}, "manifest key 'eval'.*does not match")],
+)
 def test_adapter_without_a_gate_result_is_refused(
-    registry: Registry, gated_adapter: Path, tmp_path: Path, gate: dict[str, str] | None
+    registry: Registry, gated_adapter: Path, tmp_path: Path, gate: dict[str, str] | None, message: str
 ) -> None:
-    with pytest.raises(RegistryError, match="no gate result.*force=True / --force"):
+    with pytest.raises(RegistryError, match=message):
         registry.publish(make_adapter(gated_adapter, tmp_path / "ungated", gate), "bot")
     assert registry.list() == []
 

@@ -390,10 +390,10 @@ def _missing_files(raw: dict[str, Any]) -> list[str]:
         path = data.get(key)
         if isinstance(path, str | Path) and path != "builtin" and not Path(path).is_file():
             problems.append(f"data.{key}: file not found: {path} (paths are relative to where you run loraforge)")
-    key = _raw_section(raw, "ship").get("key")
-    if isinstance(key, str | Path) and not Path(key).is_file():
+    ship_key = _raw_section(raw, "ship").get("key")
+    if isinstance(ship_key, str | Path) and not Path(ship_key).is_file():
         problems.append(
-            f"ship.key: file not found: {key}; make a key pair with `loraforge keygen DIR` or unset ship.key"
+            f"ship.key: file not found: {ship_key}; make a key pair with `loraforge keygen DIR` or unset ship.key"
         )
     return problems
 
