@@ -1,14 +1,18 @@
-"""Shared fixtures: a tiny base on disk (built once per session) and an isolated LORAFORGE_HOME."""
+"""Shared fixtures: a tiny base on disk (built once per session), an isolated LORAFORGE_HOME, and a
+saved tiny adapter (a fresh copy per test) for the ship tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from manifests import valid_manifest
 from tiny import LLAMA3_STYLE_TEMPLATE, save_tiny_base
 
-from loraforge.models import load_tokenizer
+from loraforge.config import LoraSpec
+from loraforge.models import attach_lora, load_base, load_tokenizer, save_adapter
 from loraforge.models.fingerprint import base_fingerprint
 from loraforge.pipeline.replay import cached_replay_path
 
@@ -52,3 +56,18 @@ def _with_builtin_replay(model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never write the user's cache, except slow tests that reuse the converted real base."""
     monkeypatch.setenv("LORAFORGE_HOME", str(_test_home(tmp_path_factory)))
+
+
+@pytest.fixture(scope="module")
+def built_adapter(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PEFT adapter on the tiny base, with a manifest and a README (the registry's model card)."""
+    base = load_base(str(tiny_base_dir))
+    adapter_dir = tmp_path_factory.mktemp("built") / "adapter"
+    save_adapter(attach_lora(base.model, LoraSpec(r=2)), adapter_dir, valid_manifest(base.fingerprint))
+    (adapter_dir / "README.md").write_text("# adapter\n\nA LoRA adapter on the tiny base.\n")
+    return adapter_dir
+
+
+@pytest.fixture
+def adapter(built_adapter: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built_adapter, tmp_path / "adapter"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from test_train_batches import tiny_examples
+from train_rows import tiny_examples
 from transformers import get_cosine_schedule_with_warmup
 
 from loraforge.config import LoraSpec, TrainSpec

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from manifests import valid_manifest
 from peft import get_peft_model
+from plan_shapes import LLAMA_3_70B, LLAMA_31_8B, config_only_dir
 
 from loraforge.config import LoraSpec
 from loraforge.errors import ModelError
@@ -15,22 +15,6 @@ from loraforge.models import attach_lora, build_lora_config, load_base, save_ada
 from loraforge.plan import build_meta_model, model_shape, trainable_by_module
 from loraforge.plan.memory import ADAPTER_BYTES
 from loraforge.plan.shapes import target_groups
-
-LLAMA_31_8B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-    "max_position_embeddings": 131072, "tie_word_embeddings": False, "rms_norm_eps": 1e-5,
-}  # fmt: skip
-LLAMA_3_70B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672,
-    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
-    "max_position_embeddings": 8192, "tie_word_embeddings": False, "rms_norm_eps": 1e-5,
-}  # fmt: skip
-
-
-def config_only_dir(tmp_path: Path, config: dict[str, object]) -> Path:
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return tmp_path
 
 
 def peft_counts(base: str, spec: LoraSpec) -> tuple[int, int]:

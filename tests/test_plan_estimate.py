@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_plan_counts import LLAMA_3_70B, LLAMA_31_8B, config_only_dir
+from plan_shapes import LLAMA_3_70B, LLAMA_31_8B, config_only_dir
 
 from loraforge.cli import main
 from loraforge.config import validate_config

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import socket
 import stat
 import subprocess
@@ -26,26 +25,6 @@ from loraforge.ship.signing import (
 
 MODEL_SIGNING_CLI = Path(sys.executable).parent / "model_signing"
 ADAPTER_FILES = ["adapter_model.safetensors", "adapter_config.json", "loraforge.json", "README.md"]
-
-
-@pytest.fixture(scope="module")
-def built_adapter(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real PEFT adapter on the tiny base, with a manifest and a README (the registry's model card)."""
-    from manifests import valid_manifest
-
-    from loraforge.config import LoraSpec
-    from loraforge.models import attach_lora, load_base, save_adapter
-
-    base = load_base(str(tiny_base_dir))
-    adapter_dir = tmp_path_factory.mktemp("built") / "adapter"
-    save_adapter(attach_lora(base.model, LoraSpec(r=2)), adapter_dir, valid_manifest(base.fingerprint))
-    (adapter_dir / "README.md").write_text("# adapter\n\nA LoRA adapter on the tiny base.\n")
-    return adapter_dir
-
-
-@pytest.fixture
-def adapter(built_adapter: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(built_adapter, tmp_path / "adapter"))
 
 
 @pytest.fixture

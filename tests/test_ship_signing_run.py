@@ -7,8 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_ship_signing import adapter, built_adapter  # noqa: F401  (fixtures)
-from test_train_run import _config, _raw, _write_config
+from run_configs import _config, _raw, _write_config
 
 from loraforge.cli import main
 from loraforge.errors import SigningKeyError

@@ -29,7 +29,7 @@ def run_worker(base_dir: Path, out: Path, replay_kl: float | None, dropout: floa
 
     import torch
     from accelerate import Accelerator
-    from test_train_batches import tiny_examples, tiny_plan
+    from train_rows import tiny_examples, tiny_plan
     from transformers import set_seed
 
     from loraforge.config import LoraSpec, TrainSpec

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_batches import tiny_plan
+from train_rows import tiny_plan
 
 from loraforge.config import LoraSpec, TrainSpec
 from loraforge.data.packing import collate_padded

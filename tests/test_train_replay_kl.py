@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from test_train_batches import tiny_examples
+from train_rows import tiny_examples
 
 from loraforge.config import Config, DataSpec, LoraSpec, TrainSpec
 from loraforge.data import PreparedData, collate_packed, pack_examples

@@ -27,7 +27,7 @@ def run_worker(base_dir: Path, out: Path, resume: bool, identity: str = "v1", **
     """Train on the tiny model and export the best adapter (what the worker process does)."""
     import torch
     from manifests import valid_manifest
-    from test_train_batches import tiny_plan
+    from train_rows import tiny_plan
     from transformers import set_seed
 
     from loraforge.models import attach_lora, load_base

@@ -6,72 +6,27 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from run_configs import SYSTEM, _config, _raw, _write_config
 from tiny import LLAMA3_STYLE_TEMPLATE, save_tiny_base
 
 from loraforge.cli import main
-from loraforge.config import Config, validate_config
 from loraforge.errors import ResumeRefused
 from loraforge.models import read_manifest
 from loraforge.pipeline.evaluate_run import evaluate_run
 from loraforge.pipeline.run import train_and_gate
 from loraforge.pipeline.train_run import run_training
 
-SYSTEM = "Answer in one word."
 LLAMA3_MARKER = "<|start_header_id|>"
 CHATML_MARKER = "<|im_start|>"
 
 
-def _rows(n: int, start: int = 0) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"r-{i}",
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"what is item {i} of the order please"},
-                {"role": "assistant", "content": f"item {i} is a desk"},
-            ],
-        }
-        for i in range(start, start + n)
-    ]
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def _raw(tmp_path: Path, base: Path, template: Path | None = None) -> dict[str, Any]:
-    # replay off: a base prompted in data.template gets no seeded replay cache (conftest), and a tiny
-    # base answering the 151 built-in prompts costs minutes for rows it never finishes
-    data: dict[str, Any] = {"train": str(_write_jsonl(tmp_path / "train.jsonl", _rows(24))), "pii": "off"}
-    data["replay"] = None
-    data["golden"] = str(_write_jsonl(tmp_path / "golden.jsonl", _rows(3, start=100)))
-    if template is not None:
-        data["template"] = str(template)
-    return {
-        "base": str(base),
-        "output": str(tmp_path / "run"),
-        "data": data,
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "train": {"max_steps": 2, "micro_batch_size": 4, "eval_every": 1.0, "precision": "fp32"},
-        "eval": {"max_new_tokens": 4, "probes": [], "precision": "fp32", "tolerance": 3},
-    }
-
-
-def _config(raw: dict[str, Any]) -> Config:
-    return validate_config(raw, source="test")
-
-
-def _write_config(tmp_path: Path, raw: dict[str, Any]) -> Path:
-    path = tmp_path / "run.yaml"
-    path.write_text(json.dumps(raw))  # JSON is YAML
-    return path
-
-
-def test_train_after_prepare_reuses_the_prepared_data(tiny_base_dir: Path, tmp_path: Path) -> None:
+def test_train_after_prepare_reuses_the_prepared_data(
+    tiny_base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a home of its own: other tests train on the same rows, so the shared data cache may already hold them
+    monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path / "home"))
     raw = _raw(tmp_path, tiny_base_dir)
     raw["eval"]["gate"] = False
     config = _write_config(tmp_path, raw)

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from manifests import TEST_FINGERPRINT, valid_manifest
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
-from test_train_batches import tiny_plan
+from train_rows import tiny_plan
 from transformers import AutoModelForCausalLM, set_seed
 
 from loraforge.config import LoraSpec, TrainSpec
