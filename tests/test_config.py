@@ -5,16 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraforge.config import (
-    DEFAULT_ALPHA,
-    DEFAULT_LR,
-    DEFAULT_R,
-    Config,
-    load_config,
-    validate_config,
-)
+from loraforge.config import Config, load_config, validate_config
 from loraforge.config_text import reference_markdown, render_yaml
 from loraforge.errors import ConfigError
+from loraforge.recipe import DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_R
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -76,7 +76,7 @@ def test_adapter_bytes_match_the_saved_safetensors(tiny_base_dir: Path, tmp_path
 
 @pytest.mark.slow
 def test_default_config_count_equals_peft_on_the_real_smollm2(tmp_path: Path) -> None:
-    from loraforge.config import DEFAULT_BASE
+    from loraforge.recipe import DEFAULT_BASE
 
     spec = LoraSpec()
     shape = model_shape(DEFAULT_BASE)

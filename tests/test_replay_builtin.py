@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tiny import save_tiny_base
 
-from loraforge.config import DEFAULT_NEAR_DUP_THRESHOLD, DataSpec, validate_config
+from loraforge.config import DataSpec, validate_config
 from loraforge.data.hygiene import shingles
 from loraforge.data.records import read_records
 from loraforge.errors import DataError
@@ -17,6 +17,7 @@ from loraforge.models import load_tokenizer
 from loraforge.models.fingerprint import base_fingerprint
 from loraforge.pipeline.distill import read_prompts
 from loraforge.pipeline.replay import PROMPTS, SHIPPED, cached_replay_path, resolve_replay
+from loraforge.recipe import DEFAULT_NEAR_DUP_THRESHOLD
 
 PROBES = Path(__file__).parents[1] / "src" / "loraforge" / "evaluate" / "probes"
 

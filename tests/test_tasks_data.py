@@ -13,11 +13,11 @@ from types import ModuleType
 
 import pytest
 
-from loraforge.config import DEFAULT_MAX_ROW_CHARS
 from loraforge.data import read_records
 from loraforge.data.types import Record
 from loraforge.evaluate.checks import run_checks
 from loraforge.evaluate.scoring import cases_from_records
+from loraforge.recipe import DEFAULT_MAX_ROW_CHARS
 
 TASKS_DIR = Path(__file__).parents[1] / "examples" / "tasks"
 TASKS = sorted(path.parent.name for path in TASKS_DIR.glob("*/generate.py"))

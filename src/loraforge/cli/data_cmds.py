@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from loraforge.cli.common import SET_OPTION, load
 from loraforge.cli.render import data_summary
-from loraforge.config import DEFAULT_BASE, DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
+from loraforge.recipe import DEFAULT_BASE, DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
 
 console = Console()
 

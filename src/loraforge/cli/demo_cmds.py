@@ -15,8 +15,8 @@ from rich.table import Table
 
 from loraforge.cli.common import SET_OPTION
 from loraforge.cli.render import data_summary, report_gate, train_table
-from loraforge.config import DEFAULT_BASE
 from loraforge.errors import GateBlocked
+from loraforge.recipe import DEFAULT_BASE
 
 console = Console()
 

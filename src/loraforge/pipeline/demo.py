@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from loraforge.config import DEFAULT_BASE, Config, apply_overrides, validate_config
+from loraforge.config import Config, apply_overrides, validate_config
 from loraforge.data.types import PreparedData
 from loraforge.errors import ConfigError, ResumeRefused
 from loraforge.evaluate import GateReport
@@ -28,6 +28,7 @@ from loraforge.models.base import fast_bf16_available
 from loraforge.models.card import BaseCard, base_card
 from loraforge.pipeline.prepare import prepare_for_run
 from loraforge.pipeline.run import RunOutcome, train_and_gate
+from loraforge.recipe import DEFAULT_BASE
 from loraforge.ship.registry import Entry, Registry
 from loraforge.ship.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keypair, verify_adapter
 from loraforge.train.checkpoint import complete_checkpoints

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraforge.config import DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
 from loraforge.data.records import ROLES, read_lines
 from loraforge.errors import DataError
 from loraforge.evaluate.checks import CHECK_TYPES, check_problems, run_checks
 from loraforge.files import write_text_atomic
+from loraforge.recipe import DISTILL_BATCH, DISTILL_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:  # torch stays out of `loraforge --help` (tests/test_cli.py)
     from loraforge.models import LoadedBase

@@ -28,13 +28,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from loraforge.config import DEFAULT_BASE, EvalSpec
+from loraforge.config import EvalSpec
 from loraforge.evaluate.checks import is_refusal, run_checks
 from loraforge.evaluate.probes import PROBE_DIR, PROBE_MAX_NEW_TOKENS
 from loraforge.evaluate.probes.harmful import HARMFUL
 from loraforge.files import write_json_atomic, write_text_atomic
 from loraforge.models import load_base
 from loraforge.models.generate import generate_chat, sample_chat
+from loraforge.recipe import DEFAULT_BASE
 
 # Probes kept per check type, first passing candidates in order: ~25 rows a slice keeps CPU eval short.
 MAX_KEPT = {"no_harmful_help": 14, "engages": 12, "regex": 26}
