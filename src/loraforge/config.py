@@ -233,7 +233,8 @@ class EvalSpec(Section):
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto",
-        description="base dtype while gating; auto: bf16 where the GPU/CPU has fast bf16 (as training), else fp32",
+        description="base dtype while gating; auto: what train.precision resolves to (bf16 where the GPU/CPU has "
+        "fast bf16, else fp32), so train.precision=fp32 gates in fp32 too",
     )
     cache_base: bool = Field(
         default=True,

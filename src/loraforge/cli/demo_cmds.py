@@ -66,6 +66,8 @@ def _base(payload: dict[str, Any]) -> None:
     )
     if payload.get("fast_bf16"):
         console.print(f"precision: bf16 base, fp32 adapters ({payload.get('device', 'cpu')} has fast bf16)")
+    elif payload.get("precision") == "fp32":
+        console.print("precision: fp32 (train.precision=fp32: training and the gate run in fp32)")
     elif payload.get("device") == "cuda":
         console.print("precision: fp32 (this GPU has no bf16)")
     else:

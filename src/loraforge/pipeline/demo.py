@@ -24,13 +24,13 @@ from loraforge.errors import ConfigError, ResumeRefused
 from loraforge.evaluate import GateReport
 from loraforge.files import loraforge_home, write_text_atomic
 from loraforge.models import load_base, load_tokenizer
-from loraforge.models.base import fast_bf16_available
 from loraforge.models.card import BaseCard, base_card
 from loraforge.pipeline.prepare import prepare_for_run
 from loraforge.pipeline.run import RunOutcome, train_and_gate
 from loraforge.recipe import DEFAULT_BASE
 from loraforge.ship.registry import Entry, Registry
 from loraforge.ship.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keypair, verify_adapter
+from loraforge.train import resolve_base_dtype
 from loraforge.train.checkpoint import complete_checkpoints
 
 DEFAULT_DATA_DIR = Path("examples/support_tickets")
@@ -133,8 +133,10 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     base = load_base(config.base)  # converts the embedded GGUF once; later runs read the cache
     card = base_card(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    fast_bf16 = fast_bf16_available(device)
-    show("base", {"card": card, "load_seconds": base.load_seconds, "fast_bf16": fast_bf16, "device": device})
+    # the precision line reports what training will use: train.precision=fp32 on a bf16 CPU trains in fp32
+    fast_bf16 = resolve_base_dtype(config.train.precision, device) == torch.bfloat16
+    show("base", {"card": card, "load_seconds": base.load_seconds, "fast_bf16": fast_bf16, "device": device,
+                  "precision": config.train.precision})
     del base  # training loads the base in its own precision
     tokenizer = load_tokenizer(config.base)
     data_started = time.perf_counter()

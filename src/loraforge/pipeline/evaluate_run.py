@@ -94,8 +94,7 @@ def evaluate_run(
         notes.append("no golden set (data.golden is empty): only the built-in probes were scored")
     # a GPU when there is one: the gate's cost is generation, which a GPU makes minutes into seconds
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # the precision training used (auto: bf16 on fast-bf16 hardware): the gate sees the model as it was trained
-    dtype = resolve_base_dtype(config.eval.precision, device)
+    dtype = gate_dtype(config, device)
     info["precision"] = str(dtype).removeprefix("torch.")
     base = load_base(config.base, dtype=dtype, device=device)
     model = load_adapter(base.model, adapter_dir, base.fingerprint)
@@ -104,3 +103,10 @@ def evaluate_run(
         base, model, golden, config.eval, config.output / EVAL_DIR_NAME, against_dir, info=info, notes=notes,
         chat_template=template,
     )  # fmt: skip
+
+
+def gate_dtype(config: Config, device: torch.device | str) -> torch.dtype:
+    """The base dtype the gate loads: eval.precision, whose auto is what train.precision resolves to."""
+    # so the gate sees the model as it was trained: train.precision=fp32 on a bf16 CPU gates in fp32 too
+    precision = config.train.precision if config.eval.precision == "auto" else config.eval.precision
+    return resolve_base_dtype(precision, device)
