@@ -64,10 +64,11 @@ def _base(payload: dict[str, Any]) -> None:
         f"{card.spec}: {card.architecture}, {card.parameters:,} parameters, {card.layers} layers, "
         f"loaded in {payload['load_seconds']:.1f}s\n[dim]fingerprint {card.fingerprint}[/]"
     )
-    if payload.get("fast_bf16"):
+    if payload.get("asked", "auto") != "auto":
+        console.print(f"precision: {payload['dtype']} base, fp32 adapters (train.precision={payload['asked']}: "
+                      "training and the gate run in it)")
+    elif payload.get("dtype") == "bf16":
         console.print(f"precision: bf16 base, fp32 adapters ({payload.get('device', 'cpu')} has fast bf16)")
-    elif payload.get("precision") == "fp32":
-        console.print("precision: fp32 (train.precision=fp32: training and the gate run in fp32)")
     elif payload.get("device") == "cuda":
         console.print("precision: fp32 (this GPU has no bf16)")
     else:

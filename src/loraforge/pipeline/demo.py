@@ -133,10 +133,10 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     base = load_base(config.base)  # converts the embedded GGUF once; later runs read the cache
     card = base_card(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # the precision line reports what training will use: train.precision=fp32 on a bf16 CPU trains in fp32
-    fast_bf16 = resolve_base_dtype(config.train.precision, device) == torch.bfloat16
-    show("base", {"card": card, "load_seconds": base.load_seconds, "fast_bf16": fast_bf16, "device": device,
-                  "precision": config.train.precision})
+    # the precision line reports what training will use, and whether the user chose it (train.precision)
+    dtype = "bf16" if resolve_base_dtype(config.train.precision, device) == torch.bfloat16 else "fp32"
+    show("base", {"card": card, "load_seconds": base.load_seconds, "dtype": dtype, "device": device,
+                  "asked": config.train.precision})
     del base  # training loads the base in its own precision
     tokenizer = load_tokenizer(config.base)
     data_started = time.perf_counter()
