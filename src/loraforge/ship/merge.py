@@ -165,15 +165,23 @@ def refusal_message(report: MergeReport) -> str:
     )
 
 
-def _load_base_as_trained(source: AdapterSource, compute_dtype: torch.dtype) -> LoadedBase:
-    """The base as the adapter was trained on it: 4-bit NF4 for QLoRA, else dense in `compute_dtype`."""
-    quantization = qlora_quantization_config(compute_dtype) if source.variant == "qlora" else None
-    return load_base(source.base_spec, dtype=compute_dtype, quantization_config=quantization)
+def _load_dense_base(source: AdapterSource, dtype: torch.dtype) -> LoadedBase:
+    """The base's weights as the adapter was trained on them, dense in `dtype`: for QLoRA the 4-bit
+    NF4 load dequantized, so the fold never re-quantizes W + s*B@A into 4 bits, and the reference
+    runs the same weights as the merge (bitsandbytes' 4-bit kernel computes in bf16 on avx512_bf16
+    CPUs whatever the compute dtype, which an fp32 check would measure instead of the fold)."""
+    if source.variant != "qlora":
+        return load_base(source.base_spec, dtype=dtype)
+    base = load_base(source.base_spec, dtype=dtype, quantization_config=qlora_quantization_config(dtype))
+    # before any forward: bitsandbytes 0.50 repacks a 4-bit weight for its CPU kernel on the first
+    # forward, and dequantizing it after that reads the packed layout as the plain one
+    base.model = base.model.dequantize(dtype=dtype)  # type: ignore[operator]
+    return base
 
 
 def load_unmerged(source: AdapterSource, dtype: torch.dtype) -> LoadedBase:
     """The unmerged adapter on its base, in `dtype`; refuses an adapter trained on another base."""
-    base = _load_base_as_trained(source, dtype)
+    base = _load_dense_base(source, dtype)
     # LoadedBase.model holds the PeftModel from here on: it runs the base and the adapter unmerged
     base.model = load_adapter(base.model, source.adapter_dir, base_fingerprint=base.fingerprint)  # type: ignore[assignment]
     base.model.eval()
@@ -181,13 +189,8 @@ def load_unmerged(source: AdapterSource, dtype: torch.dtype) -> LoadedBase:
 
 
 def _merge_in_fp32(source: AdapterSource) -> PreTrainedModel:
-    base = _load_base_as_trained(source, torch.float32)
-    model = base.model
-    if source.variant == "qlora":
-        # dequantize: the exact weights the 4-bit base computes with, dense fp32, so the fold never
-        # re-quantizes W + s*B@A into 4 bits
-        model = model.dequantize()  # type: ignore[operator]
-    peft_model = load_adapter(model, source.adapter_dir, base_fingerprint=base.fingerprint)
+    base = _load_dense_base(source, torch.float32)
+    peft_model = load_adapter(base.model, source.adapter_dir, base_fingerprint=base.fingerprint)
     return peft_model.merge_and_unload()  # type: ignore[no-any-return,operator]
 
 
