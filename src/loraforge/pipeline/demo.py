@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from loraforge.config import Config, apply_overrides, validate_config
+from loraforge.config import Config, validate_config
+from loraforge.config_yaml import apply_overrides
 from loraforge.data.types import PreparedData
 from loraforge.errors import ConfigError, ResumeRefused
 from loraforge.evaluate import GateReport
@@ -135,8 +136,16 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # the precision line reports what training will use, and whether the user chose it (train.precision)
     dtype = "bf16" if resolve_base_dtype(config.train.precision, device) == torch.bfloat16 else "fp32"
-    show("base", {"card": card, "load_seconds": base.load_seconds, "dtype": dtype, "device": device,
-                  "asked": config.train.precision})
+    show(
+        "base",
+        {
+            "card": card,
+            "load_seconds": base.load_seconds,
+            "dtype": dtype,
+            "device": device,
+            "asked": config.train.precision,
+        },
+    )
     del base  # training loads the base in its own precision
     tokenizer = load_tokenizer(config.base)
     data_started = time.perf_counter()
