@@ -21,9 +21,10 @@ from loraforge.evaluate import run_gate, runner
 from loraforge.evaluate.checks import run_checks
 from loraforge.evaluate.scoring import Case, encode_reference
 from loraforge.files import sha256_file
-from loraforge.models import LoadedBase, attach_lora, load_base, save_adapter
+from loraforge.models import LoadedBase, attach_lora, load_base, read_manifest, save_adapter
 from loraforge.models.generate import generate_chat
 from loraforge.pipeline.evaluate_run import golden_freeze_notes, recorded_golden_sha256
+from loraforge.ship.signing import SIGNATURE_NAME, generate_keypair, sign_adapter, verify_adapter
 
 QUESTIONS = ["refund please", "my desk arrived broken", "where is my order", "charged twice", "hello", "thanks"]
 SPEC = EvalSpec(probes=[], max_new_tokens=6, batch_size=3)
@@ -207,6 +208,38 @@ def test_eval_exits_3_when_the_gate_blocks(
     config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=True)
     assert main(["eval", str(config)]) == 3
     assert "slice 'tickets'" in capsys.readouterr().err
+
+
+def test_eval_records_its_verdict_in_the_manifest_and_card(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path
+) -> None:
+    config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=True)
+    adapter_dir = tmp_path / "run" / "adapter"
+    assert read_manifest(adapter_dir)["eval"] is None  # type: ignore[index]
+    assert main(["eval", str(config)]) == 3
+    assert read_manifest(adapter_dir)["eval"]["verdict"] == "block"  # type: ignore[index]
+    assert "Verdict: **block**" in (adapter_dir / "README.md").read_text()
+
+
+def test_eval_removes_a_signature_its_record_invalidates(
+    tiny_base_dir: Path, golden_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=False)
+    adapter_dir = tmp_path / "run" / "adapter"
+    private, _ = generate_keypair(tmp_path / "keys")
+    sign_adapter(adapter_dir, private)
+    assert main(["eval", str(config)]) == 0
+    assert not (adapter_dir / SIGNATURE_NAME).exists()
+    assert "adapter not signed (set ship.key to sign)" in capsys.readouterr().out
+
+
+def test_eval_with_ship_key_re_signs_a_passing_adapter(tiny_base_dir: Path, golden_file: Path, tmp_path: Path) -> None:
+    config = write_run(tmp_path, tiny_base_dir, golden_file, wreck=False)
+    private, public = generate_keypair(tmp_path / "keys")
+    assert main(["eval", str(config), "--set", f"ship.key={private}"]) == 0
+    adapter_dir = tmp_path / "run" / "adapter"
+    assert read_manifest(adapter_dir)["eval"]["verdict"] == "pass"  # type: ignore[index]
+    assert "loraforge.json" in verify_adapter(adapter_dir, public).files
 
 
 def test_changed_golden_file_is_refused_with_exit_2(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from loraforge.cli.common import SET_OPTION, load
-from loraforge.cli.render import report_gate
+from loraforge.cli.render import report_gate, signing_line
 
 console = Console()
 
@@ -22,12 +23,21 @@ def eval_command(
     ),
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """Score the golden set and probes on base vs adapter per slice; exit 3 when the gate blocks."""
-    from loraforge.pipeline.evaluate_run import EVAL_DIR_NAME, evaluate_run
+    """Score the golden set and probes on base vs adapter per slice, record the verdict in the adapter's
+    manifest and card (re-signing with ship.key after a pass); exit 3 when the gate blocks."""
+    from loraforge.pipeline.evaluate_run import EVAL_DIR_NAME
+    from loraforge.pipeline.run import gate_and_record
 
     config = load(config_path, overrides)
-    report = evaluate_run(config, adapter, against, allow_new_golden)
-    report_gate(console, report, config.output / EVAL_DIR_NAME)
+    outcome = gate_and_record(config, adapter, against, allow_new_golden)
+    adapter_dir = adapter or config.output / "adapter"
+    if outcome.recorded:
+        console.print(f"verdict recorded in {escape(str(adapter_dir / 'loraforge.json'))} and its model card")
+        console.print(signing_line(outcome.signature, outcome.report.passed))
+    else:
+        where = escape(str(adapter_dir))
+        console.print(f"[yellow]note[/]: {where} has no loraforge.json: the verdict is in the reports only")
+    report_gate(console, outcome.report, config.output / EVAL_DIR_NAME)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 
@@ -37,12 +38,42 @@ def train_and_gate(config: Config, *, resume: bool = False, accelerator: Acceler
     if not (config.eval.gate and run.main_process):
         return RunOutcome(run, None)
     report = evaluate_run(config, adapter_dir=run.adapter_dir)
-    record_gate(run, report)
-    # Ship steps, in this order (each one's files are covered by the next): the model card from the
-    # completed manifest, then the signature when ship.key is set and the gate passed.
-    write_model_card(run.adapter_dir)
-    signature = sign_if_passed(run.adapter_dir, report, key)
+    run.manifest = record_gate(run.adapter_dir, report) or run.manifest
+    signature = ship_gated(run.adapter_dir, report, key)
     return RunOutcome(run, report, signature)
+
+
+@dataclass
+class GateOutcome:
+    """`loraforge eval` on an existing adapter: the report, and what it did to the adapter's files."""
+
+    report: GateReport
+    recorded: bool  # the verdict went into the adapter's manifest and card (False: no loraforge.json)
+    signature: Path | None  # re-signed with ship.key after a pass; None otherwise
+
+
+def gate_and_record(
+    config: Config,
+    adapter_dir: Path | None = None,
+    against_dir: Path | None = None,
+    allow_new_golden: bool = False,
+) -> GateOutcome:
+    """Gate an adapter on disk and record the verdict in it, as `loraforge train` does after training:
+    manifest["eval"], the model card, and the signature (re-signed with ship.key after a pass; a
+    signature the rewrite invalidated is removed otherwise)."""
+    key = signing_key(config.ship)
+    adapter_dir = adapter_dir or config.output / "adapter"
+    report = evaluate_run(config, adapter_dir, against_dir, allow_new_golden)
+    if record_gate(adapter_dir, report) is None:
+        return GateOutcome(report, recorded=False, signature=None)
+    return GateOutcome(report, recorded=True, signature=ship_gated(adapter_dir, report, key))
+
+
+def ship_gated(adapter_dir: Path, report: GateReport, key: SigningKey | None) -> Path | None:
+    """The ship steps after a recorded gate, in this order (each one's files are covered by the next):
+    the model card from the completed manifest, then the signature when a key is given and the gate passed."""
+    write_model_card(adapter_dir)
+    return sign_if_passed(adapter_dir, report, key)
 
 
 def sign_if_passed(adapter_dir: Path, report: GateReport, key: SigningKey | None) -> Path | None:
@@ -54,9 +85,12 @@ def sign_if_passed(adapter_dir: Path, report: GateReport, key: SigningKey | None
     return sign_adapter(adapter_dir, key.path, key.password)
 
 
-def record_gate(run: TrainRun, report: GateReport) -> None:
-    """Store the verdict in the adapter manifest (checked and rewritten atomically), so the artifact carries it."""
-    manifest = read_manifest(run.adapter_dir) or dict(run.manifest)
+def record_gate(adapter_dir: Path, report: GateReport) -> dict[str, Any] | None:
+    """Store the verdict in the adapter manifest (checked and rewritten atomically), so the artifact
+    carries it; None when the adapter has no manifest (a plain PEFT adapter: nothing to record into)."""
+    manifest = read_manifest(adapter_dir)
+    if manifest is None:
+        return None
     manifest["eval"] = report.summary()
-    write_manifest(run.adapter_dir, manifest)
-    run.manifest = manifest
+    write_manifest(adapter_dir, manifest)
+    return manifest
