@@ -144,7 +144,7 @@ class FeedbackStore:
         self, path: Path, retention_days: float | None = DEFAULT_RETENTION_DAYS, *, create: bool = True
     ) -> None:
         if retention_days is not None and not (retention_days > 0 and math.isfinite(retention_days)):
-            raise FeedbackInvalid(f"feedback retention_days={retention_days!r}: must be a positive number of days")
+            raise LoraforgeError(f"feedback retention_days={retention_days!r}: must be a positive number of days")
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise LoraforgeError(
@@ -232,7 +232,8 @@ class FeedbackStore:
         self, completion_id: str, tenant: str, rating: int, edited: str | None = None, *, now: float | None = None
     ) -> None:
         """Rate a completion (+1 / -1), optionally with a corrected answer. Feedback given again on
-        the same id replaces the earlier one (the latest wins). Returns once committed to disk."""
+        the same id replaces the earlier one (the latest wins). Returns once committed to disk, so
+        it blocks on an fsync: async code calls it from a thread pool."""
         if isinstance(rating, bool) or rating not in (1, -1):
             raise FeedbackInvalid(f"feedback on {completion_id!r}: rating {rating!r} must be 1 (good) or -1 (bad)")
         if edited is not None and not edited.strip():
@@ -324,7 +325,12 @@ class FeedbackStore:
             else:
                 report.rated_pairs += 1
         # built in memory, then one atomic write: the rated pairs need every row of a prompt anyway
-        write_text_atomic(report.out, "".join(lines))
+        try:
+            write_text_atomic(report.out, "".join(lines))
+        except OSError as exc:
+            raise LoraforgeError(
+                f"{report.out}: cannot write the export ({exc.strerror or exc}); pick a writable file path"
+            ) from exc
         return report
 
     def close(self) -> None:
