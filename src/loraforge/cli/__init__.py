@@ -15,6 +15,7 @@ from loraforge.cli import (
     demo_cmds,
     docs_cmds,
     eval_cmds,
+    feedback_cmds,
     merge_cmds,
     models_cmds,
     plan_cmds,
@@ -59,6 +60,7 @@ registry_cmds.register(app)
 docs_cmds.register(app)
 merge_cmds.register(app)
 card_cmds.register(app)
+feedback_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
