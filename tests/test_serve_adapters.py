@@ -206,6 +206,16 @@ def test_adapter_without_a_manifest_is_refused(
     assert_refused(AdapterStore(registry, served), caplog, "no loraforge.json manifest")
 
 
+def test_format_1_manifest_without_a_template_hash_is_refused(
+    registry: Registry, source: Path, served: ServedBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = read_manifest(source) or {}
+    legacy = {"format": 1, "base": manifest["base"], "chat_template": manifest["chat_template"]["text"]}
+    write_json_atomic(source / MANIFEST_NAME, legacy)
+    publish(registry, source)
+    assert_refused(AdapterStore(registry, served), caplog, r"\(format 1\) records no chat_template.sha256")
+
+
 def test_file_changed_after_signing_is_refused_naming_it(
     registry: Registry, source: Path, served: ServedBase, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -239,6 +249,26 @@ def test_pickle_weights_are_refused(
     torch.save(load_file(str(source / WEIGHTS)), source / pickle_name)
     publish(registry, source)
     assert_refused(AdapterStore(registry, served), caplog, f"pickle weights {pickle_name}")
+
+
+def test_symlink_in_the_version_directory_is_refused(
+    registry: Registry, source: Path, served: ServedBase, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = publish(registry, source)
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (path / "notes.json").symlink_to(tmp_path / "elsewhere.json")
+    assert_refused(AdapterStore(registry, served), caplog, "symbolic links notes.json")
+
+
+def test_refusal_names_the_version_not_the_server_path(
+    registry: Registry, source: Path, served: ServedBase, tmp_path: Path
+) -> None:
+    _, public_key = generate_keypair(tmp_path / "keys")
+    path = publish(registry, source)
+    with pytest.raises(AdapterRefused, match="bot@1 is not signed") as info:
+        AdapterStore(registry, served, public_key=public_key).get("bot")
+    assert str(registry.root) not in str(info.value)
+    assert info.value.path == path  # the server's log gets the directory
 
 
 def test_adapter_without_safetensors_is_refused(

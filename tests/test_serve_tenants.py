@@ -150,6 +150,7 @@ def test_bad_adapter_name_is_refused_on_add(tmp_path: Path) -> None:
             "tenant 'acme': adapters must be a list",
         ),
         ("acme: {}\n", "the file must be one mapping `tenants:"),
+        (f"tenants:\n  123:\n    api_key_sha256: {HASH}\n", "tenant 123: a tenant name is a string"),
     ],
     ids=[
         "bad-yaml",
@@ -162,6 +163,7 @@ def test_bad_adapter_name_is_refused_on_add(tmp_path: Path) -> None:
         "zero-limit",
         "adapters-not-list",
         "no-tenants-key",
+        "number-name",
     ],
 )
 def test_bad_tenants_file_is_a_config_error_naming_file_and_tenant(tmp_path: Path, text: str, problem: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from loraforge.errors import ModelError, RegistryError, SignatureError, SigningKeyError
+from loraforge.errors import ModelError, RegistryError, SigningKeyError
 from loraforge.models import LoadedBase, read_manifest
 from loraforge.models.base import ALIASES
 from loraforge.serve.engine import AdapterWeights
@@ -104,11 +104,11 @@ class AdapterRefused(ModelError):
     """An adapter failed a load check; it is not served (not even as the base)."""
 
     def __init__(self, model: str, reason: str, path: Path | None = None) -> None:
-        where = f" ({path})" if path is not None else ""
-        super().__init__(f"adapter {model!r}{where} refused: {reason}")
+        # the message goes back to clients: it names the adapter, not the server's directories
+        super().__init__(f"adapter {model!r} refused: {reason}")
         self.model = model  # what the client asked for
-        self.reason = reason  # one line
-        self.path = path
+        self.reason = reason  # one line, with NAME@VERSION where a path inside the adapter was
+        self.path = path  # the version directory, for the server's log
 
 
 @dataclasses.dataclass
@@ -267,21 +267,23 @@ def load_verified(
 ) -> AdapterWeights:
     """Run every load check on the version directory `path`; AdapterRefused names the first that
     fails (`model`: what was asked for, NAME by default)."""
+    version = int(path.parent.name) if path.parent.name.isdigit() else 0
+    key = f"{name}@{version}"
     try:
         manifest = _checked_manifest(path, base, log)
         if public_key is not None:
             try:
                 verify_adapter(path, public_key)
-            except SignatureError as exc:
+            except ModelError as exc:  # SignatureError: unsigned, other key, forged, files changed (named)
                 raise _Refusal(f"signature check failed: {exc}") from exc
-        _refuse_pickles(path)
+        _refuse_unsafe_files(path)
         rank, scale = _rank_and_scale(_read_config(path))
         factors = _factors(_read_tensors(path / WEIGHTS_NAME), rank, base.module_shapes)
     except _Refusal as exc:
-        raise AdapterRefused(model or name, str(exc), path) from exc.__cause__
-    version = int(path.parent.name) if path.parent.name.isdigit() else 0
+        reason = " ".join(str(exc).replace(str(path), key).split())  # one line, no server paths
+        raise AdapterRefused(model or name, reason, path) from exc.__cause__
     return AdapterWeights(
-        key=f"{name}@{version}",
+        key=key,
         name=name,
         version=version,
         rank=rank,
@@ -300,7 +302,7 @@ def _checked_manifest(path: Path, base: ServedBase, log: logging.Logger) -> dict
     """The manifest, when it names the served base and its template matches its hash."""
     try:
         manifest = read_manifest(path)
-    except ModelError as exc:
+    except (ModelError, OSError, UnicodeDecodeError) as exc:
         raise _Refusal(f"unreadable manifest: {exc}") from exc
     if manifest is None:
         raise _Refusal(
@@ -330,8 +332,12 @@ def _checked_manifest(path: Path, base: ServedBase, log: logging.Logger) -> dict
     return manifest
 
 
-def _refuse_pickles(path: Path) -> None:
-    pickles = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+def _refuse_unsafe_files(path: Path) -> None:
+    files = list(path.rglob("*"))
+    links = sorted(p.relative_to(path).as_posix() for p in files if p.is_symlink())
+    if links:  # publish copies files, never links; a link placed later can point anywhere on the server
+        raise _Refusal(f"symbolic links {', '.join(links)} in the adapter; publish the adapter again")
+    pickles = sorted(p.relative_to(path).as_posix() for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise _Refusal(
             f"pickle weights {', '.join(pickles)} (loading them can run code); serve reads safetensors "

@@ -182,7 +182,10 @@ def _parse(document: Any, path: Path) -> list[_Record]:
     records: list[_Record] = []
     owners: dict[str, str] = {}
     for name, fields in (document["tenants"] or {}).items():
-        record = _parse_tenant(str(name), fields, problems)
+        if not isinstance(name, str):  # YAML reads `123:` as a number; add_tenant would add a second "123"
+            problems.append(f"tenant {name!r}: a tenant name is a string; quote it ('{name}':)")
+            continue
+        record = _parse_tenant(name, fields, problems)
         if record is None:
             continue
         other = owners.setdefault(record.key_sha256, record.tenant.name)
