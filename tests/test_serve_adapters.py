@@ -90,11 +90,11 @@ def rewrite_tensors(adapter_dir: Path, edit: Callable[[dict[str, torch.Tensor]],
     save_file(tensors, str(adapter_dir / WEIGHTS))
 
 
-def assert_refused(store: AdapterStore, caplog: pytest.LogCaptureFixture, reason: str, model: str = "bot") -> None:
-    """Refused with `reason` in the error and in the warning the store logs."""
+def assert_refused(store: AdapterStore, caplog: pytest.LogCaptureFixture, check: str, reason: str) -> None:
+    """Refused by `check` with `reason` in the error and in the warning the store logs."""
     with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(AdapterRefused, match=reason) as info:
-        store.get(model)
-    assert info.value.model == model
+        store.get("bot")
+    assert (info.value.model, info.value.check) == ("bot", check)
     logged = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
     assert any("refused adapter" in line and re.search(reason, line) for line in logged), logged
 
@@ -187,7 +187,12 @@ def test_adapter_for_another_base_is_refused_printing_both_fingerprints(
 ) -> None:
     edit_manifest(source, base__fingerprint=OTHER_BASE)
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, f"trained on base {OTHER_BASE}.*is {served.fingerprint}")
+    assert_refused(
+        AdapterStore(registry, served),
+        caplog,
+        "base_fingerprint",
+        f"trained on base {OTHER_BASE}.*is {served.fingerprint}",
+    )
 
 
 def test_template_that_does_not_match_its_hash_is_refused(
@@ -195,7 +200,7 @@ def test_template_that_does_not_match_its_hash_is_refused(
 ) -> None:
     edit_manifest(source, chat_template__text="{{ messages }}")  # the recorded sha256 is the old template's
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, "changed after training")
+    assert_refused(AdapterStore(registry, served), caplog, "chat_template", "changed after training")
 
 
 def test_adapter_without_a_manifest_is_refused(
@@ -203,7 +208,7 @@ def test_adapter_without_a_manifest_is_refused(
 ) -> None:
     path = publish(registry, source)
     (path / MANIFEST_NAME).unlink()
-    assert_refused(AdapterStore(registry, served), caplog, "no loraforge.json manifest")
+    assert_refused(AdapterStore(registry, served), caplog, "manifest", "no loraforge.json manifest")
 
 
 def test_format_1_manifest_without_a_template_hash_is_refused(
@@ -213,7 +218,9 @@ def test_format_1_manifest_without_a_template_hash_is_refused(
     legacy = {"format": 1, "base": manifest["base"], "chat_template": manifest["chat_template"]["text"]}
     write_json_atomic(source / MANIFEST_NAME, legacy)
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, r"\(format 1\) records no chat_template.sha256")
+    assert_refused(
+        AdapterStore(registry, served), caplog, "chat_template", r"\(format 1\) records no chat_template.sha256"
+    )
 
 
 def test_file_changed_after_signing_is_refused_naming_it(
@@ -226,7 +233,7 @@ def test_file_changed_after_signing_is_refused_naming_it(
     config["lora_alpha"] *= 10  # after signing: every update ten times as strong, and nothing else amiss
     write_json_atomic(path / "adapter_config.json", config)
     store = AdapterStore(registry, served, public_key=public_key)
-    assert_refused(store, caplog, "signature check failed.*changed: adapter_config.json")
+    assert_refused(store, caplog, "signature", "signature check failed.*changed: adapter_config.json")
 
 
 def test_unsigned_adapter_is_refused_with_a_public_key(
@@ -234,7 +241,7 @@ def test_unsigned_adapter_is_refused_with_a_public_key(
 ) -> None:
     _, public_key = generate_keypair(tmp_path / "keys")
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served, public_key=public_key), caplog, "is not signed")
+    assert_refused(AdapterStore(registry, served, public_key=public_key), caplog, "signature", "is not signed")
 
 
 @pytest.mark.parametrize("pickle_name", ["adapter_model.bin", "extra/optimizer.pt"])
@@ -248,7 +255,7 @@ def test_pickle_weights_are_refused(
     (source / pickle_name).parent.mkdir(exist_ok=True)
     torch.save(load_file(str(source / WEIGHTS)), source / pickle_name)
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, f"pickle weights {pickle_name}")
+    assert_refused(AdapterStore(registry, served), caplog, "safetensors_only", f"pickle weights {pickle_name}")
 
 
 def test_symlink_in_the_version_directory_is_refused(
@@ -257,7 +264,7 @@ def test_symlink_in_the_version_directory_is_refused(
     path = publish(registry, source)
     (tmp_path / "elsewhere.json").write_text("{}")
     (path / "notes.json").symlink_to(tmp_path / "elsewhere.json")
-    assert_refused(AdapterStore(registry, served), caplog, "symbolic links notes.json")
+    assert_refused(AdapterStore(registry, served), caplog, "safetensors_only", "symbolic links notes.json")
 
 
 def test_refusal_names_the_version_not_the_server_path(
@@ -276,7 +283,7 @@ def test_adapter_without_safetensors_is_refused(
 ) -> None:
     (source / WEIGHTS).unlink()
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, f"no {WEIGHTS}")
+    assert_refused(AdapterStore(registry, served), caplog, "safetensors_only", f"no {WEIGHTS}")
 
 
 def test_truncated_safetensors_is_refused(
@@ -285,7 +292,7 @@ def test_truncated_safetensors_is_refused(
     path = publish(registry, source)
     data = (path / WEIGHTS).read_bytes()
     (path / WEIGHTS).write_bytes(data[: len(data) // 2])
-    assert_refused(AdapterStore(registry, served), caplog, "truncated or corrupt")
+    assert_refused(AdapterStore(registry, served), caplog, "weights", "truncated or corrupt")
 
 
 def test_tensor_for_a_module_the_base_lacks_is_refused(
@@ -298,7 +305,7 @@ def test_tensor_for_a_module_the_base_lacks_is_refused(
 
     rewrite_tensors(source, misplace)
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, "module language_model.layers.*no linear layer")
+    assert_refused(AdapterStore(registry, served), caplog, "tensors", "module language_model.layers.*no linear layer")
 
 
 def test_factor_of_the_wrong_shape_is_refused(
@@ -312,7 +319,9 @@ def test_factor_of_the_wrong_shape_is_refused(
 
     rewrite_tensors(source, widen)
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, r"model.layers.0.self_attn.q_proj: lora_A \(4, 72\)")
+    assert_refused(
+        AdapterStore(registry, served), caplog, "tensors", r"model.layers.0.self_attn.q_proj: lora_A \(4, 72\)"
+    )
 
 
 def test_adapter_with_a_missing_factor_is_refused(
@@ -320,7 +329,7 @@ def test_adapter_with_a_missing_factor_is_refused(
 ) -> None:
     rewrite_tensors(source, lambda t: t.pop("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight"))
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, "model.layers.0.mlp.up_proj has no lora_B")
+    assert_refused(AdapterStore(registry, served), caplog, "tensors", "model.layers.0.mlp.up_proj has no lora_B")
 
 
 def test_adapter_with_no_factors_is_refused(
@@ -329,7 +338,7 @@ def test_adapter_with_no_factors_is_refused(
     # vllm#55193: an adapter that adapts nothing the server computes was served as the base
     save_file({}, str(source / WEIGHTS))
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, "holds no LoRA factors")
+    assert_refused(AdapterStore(registry, served), caplog, "tensors", "holds no LoRA factors")
 
 
 def test_dora_adapter_is_refused(
@@ -340,7 +349,7 @@ def test_dora_adapter_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     publish(registry, make_adapter(tiny_base_dir, tmp_path / "dora", variant="dora", r=4))
-    assert_refused(AdapterStore(registry, served), caplog, "DoRA")
+    assert_refused(AdapterStore(registry, served), caplog, "adapter_config", "DoRA")
 
 
 @pytest.mark.parametrize(
@@ -364,7 +373,7 @@ def test_config_options_plain_lora_cannot_compute_are_refused(
     config = json.loads((source / "adapter_config.json").read_text())
     write_json_atomic(source / "adapter_config.json", {**config, option: value})
     publish(registry, source)
-    assert_refused(AdapterStore(registry, served), caplog, reason)
+    assert_refused(AdapterStore(registry, served), caplog, "adapter_config", reason)
 
 
 # ----- names and versions
@@ -445,8 +454,9 @@ def test_a_refusal_is_remembered_not_reverified(
     publish(registry, source)
     store = AdapterStore(registry, served)
     for _ in range(3):
-        with pytest.raises(AdapterRefused, match="trained on base"):
+        with pytest.raises(AdapterRefused, match="trained on base") as info:
             store.get("bot")
+        assert info.value.check == "base_fingerprint"
     stats = store.stats()
     assert (stats.misses, stats.refused, stats.loaded) == (1, 3, 0)
 

@@ -59,6 +59,19 @@ FORWARD_CHANGING_OPTIONS = (
 RESIDUAL_INITS = ("pissa", "olora", "corda", "loftq")
 
 
+# AdapterRefused.check, in the order the checks run (docs/serve-security.md)
+REFUSAL_CHECKS = (
+    "manifest",
+    "base_fingerprint",
+    "chat_template",
+    "signature",
+    "safetensors_only",
+    "adapter_config",
+    "weights",
+    "tensors",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServedBase:
     """What the store checks adapters against: the served base's identity and linear modules."""
@@ -103,12 +116,13 @@ def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
 class AdapterRefused(ModelError):
     """An adapter failed a load check; it is not served (not even as the base)."""
 
-    def __init__(self, model: str, reason: str, path: Path | None = None) -> None:
+    def __init__(self, model: str, reason: str, path: Path | None = None, *, check: str = "other") -> None:
         # the message goes back to clients: it names the adapter, not the server's directories
         super().__init__(f"adapter {model!r} refused: {reason}")
         self.model = model  # what the client asked for
         self.reason = reason  # one line, with NAME@VERSION where a path inside the adapter was
         self.path = path  # the version directory, for the server's log
+        self.check = check  # which check refused it: one of REFUSAL_CHECKS (a stable code for clients)
 
 
 @dataclasses.dataclass
@@ -153,7 +167,7 @@ class AdapterStore:
         self.log = log or logging.getLogger(__name__)
         self._lock = threading.Lock()
         self._loaded: OrderedDict[Path, AdapterWeights] = OrderedDict()
-        self._refusals: OrderedDict[Path, str] = OrderedDict()  # reason by directory
+        self._refusals: OrderedDict[Path, AdapterRefused] = OrderedDict()  # by directory
         self._loading: dict[Path, threading.Lock] = {}
         self._stats = StoreStats()
 
@@ -194,10 +208,10 @@ class AdapterStore:
                 self._loaded.move_to_end(path)
                 self._stats.hits += 1
                 return weights
-            reason = self._refusals.get(path)
-            if reason is not None:
+            refusal = self._refusals.get(path)
+            if refusal is not None:
                 self._stats.refused += 1
-                raise AdapterRefused(model, reason, path)
+                raise AdapterRefused(model, refusal.reason, path, check=refusal.check)
         return None
 
     def _load(self, model: str, name: str, path: Path) -> AdapterWeights:
@@ -210,7 +224,7 @@ class AdapterStore:
             self.log.warning("refused adapter %s (%s): %s", model, path, exc.reason)
             with self._lock:
                 self._stats.refused += 1
-                self._refusals[path] = exc.reason
+                self._refusals[path] = exc
                 while len(self._refusals) > 4 * self.max_loaded:
                     self._refusals.popitem(last=False)
             raise
@@ -275,13 +289,13 @@ def load_verified(
             try:
                 verify_adapter(path, public_key)
             except ModelError as exc:  # SignatureError: unsigned, other key, forged, files changed (named)
-                raise _Refusal(f"signature check failed: {exc}") from exc
+                raise _Refusal("signature", f"signature check failed: {exc}") from exc
         _refuse_unsafe_files(path)
         rank, scale = _rank_and_scale(_read_config(path))
         factors = _factors(_read_tensors(path / WEIGHTS_NAME), rank, base.module_shapes)
     except _Refusal as exc:
         reason = " ".join(str(exc).replace(str(path), key).split())  # one line, no server paths
-        raise AdapterRefused(model or name, reason, path) from exc.__cause__
+        raise AdapterRefused(model or name, reason, path, check=exc.check) from exc.__cause__
     return AdapterWeights(
         key=key,
         name=name,
@@ -295,7 +309,11 @@ def load_verified(
 
 
 class _Refusal(Exception):
-    """One failed check, by reason; load_verified turns it into AdapterRefused with the model and path."""
+    """One failed check; load_verified turns it into AdapterRefused with the model and path."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        super().__init__(reason)
+        self.check = check
 
 
 def _checked_manifest(path: Path, base: ServedBase, log: logging.Logger) -> dict[str, Any]:
@@ -303,29 +321,33 @@ def _checked_manifest(path: Path, base: ServedBase, log: logging.Logger) -> dict
     try:
         manifest = read_manifest(path)
     except (ModelError, OSError, UnicodeDecodeError) as exc:
-        raise _Refusal(f"unreadable manifest: {exc}") from exc
+        raise _Refusal("manifest", f"unreadable manifest: {exc}") from exc
     if manifest is None:
         raise _Refusal(
+            "manifest",
             "no loraforge.json manifest, so nothing says which base it was trained on; publish an adapter "
-            "trained by loraforge (its OUTPUT/adapter carries one)"
+            "trained by loraforge (its OUTPUT/adapter carries one)",
         )
     trained_on = (manifest.get("base") or {}).get("fingerprint")
     if trained_on != base.fingerprint:
         raise _Refusal(
+            "base_fingerprint",
             f"trained on base {trained_on}, but the served base {base.spec} is {base.fingerprint}; "
-            "serve it on the base it was trained on, or train it again on this one"
+            "serve it on the base it was trained on, or train it again on this one",
         )
     template = manifest.get("chat_template")
     if not isinstance(template, dict):  # format 1 stored the text alone, with no hash to check
         raise _Refusal(
+            "chat_template",
             "the manifest (format 1) records no chat_template.sha256, so the template served cannot be "
-            "checked against the one trained; train or export the adapter again (format 2)"
+            "checked against the one trained; train or export the adapter again (format 2)",
         )
     actual = hashlib.sha256(template["text"].encode("utf-8")).hexdigest()
     if actual != template["sha256"]:
         raise _Refusal(
+            "chat_template",
             f"chat_template.text hashes to {actual[:12]}, but chat_template.sha256 records "
-            f"{template['sha256'][:12]}: the template was changed after training; publish the adapter again"
+            f"{template['sha256'][:12]}: the template was changed after training; publish the adapter again",
         )
     if base.chat_template is not None and template["text"] != base.chat_template:
         log.info("adapter %s is served with its own chat template (it differs from the base's)", path)
@@ -336,39 +358,53 @@ def _refuse_unsafe_files(path: Path) -> None:
     files = list(path.rglob("*"))
     links = sorted(p.relative_to(path).as_posix() for p in files if p.is_symlink())
     if links:  # publish copies files, never links; a link placed later can point anywhere on the server
-        raise _Refusal(f"symbolic links {', '.join(links)} in the adapter; publish the adapter again")
+        raise _Refusal(
+            "safetensors_only", f"symbolic links {', '.join(links)} in the adapter; publish the adapter again"
+        )
     pickles = sorted(p.relative_to(path).as_posix() for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise _Refusal(
+            "safetensors_only",
             f"pickle weights {', '.join(pickles)} (loading them can run code); serve reads safetensors "
-            "only: save the adapter with safe_serialization=True and publish it again"
+            "only: save the adapter with safe_serialization=True and publish it again",
         )
     if not (path / WEIGHTS_NAME).is_file():
-        raise _Refusal(f"no {WEIGHTS_NAME}; serve reads safetensors only: save the adapter again")
+        raise _Refusal("safetensors_only", f"no {WEIGHTS_NAME}; serve reads safetensors only: save the adapter again")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _Refusal(f"cannot read {ADAPTER_CONFIG} ({exc}); save the adapter again") from exc
+        raise _Refusal("adapter_config", f"cannot read {ADAPTER_CONFIG} ({exc}); save the adapter again") from exc
     if not isinstance(config, dict):
-        raise _Refusal(f"{ADAPTER_CONFIG} is not a JSON object; save the adapter again")
+        raise _Refusal("adapter_config", f"{ADAPTER_CONFIG} is not a JSON object; save the adapter again")
     if config.get("peft_type") != "LORA":
-        raise _Refusal(f"{ADAPTER_CONFIG} peft_type is {config.get('peft_type')!r}; serve runs LoRA adapters only")
+        raise _Refusal(
+            "adapter_config",
+            f"{ADAPTER_CONFIG} peft_type is {config.get('peft_type')!r}; serve runs LoRA adapters only",
+        )
     if config.get("use_dora"):
-        raise _Refusal("DoRA (use_dora=true): the engines serve plain LoRA only; train with lora.variant lora")
+        raise _Refusal(
+            "adapter_config", "DoRA (use_dora=true): the engines serve plain LoRA only; train with lora.variant lora"
+        )
     set_options = [key for key in FORWARD_CHANGING_OPTIONS if config.get(key)]
     if set_options:
         shown = ", ".join(f"{key}={config[key]!r}" for key in set_options)
-        raise _Refusal(f"{ADAPTER_CONFIG} sets {shown}, which plain LoRA serving cannot compute; train without it")
+        raise _Refusal(
+            "adapter_config",
+            f"{ADAPTER_CONFIG} sets {shown}, which plain LoRA serving cannot compute; train without it",
+        )
     if config.get("bias", "none") != "none":
-        raise _Refusal(f"{ADAPTER_CONFIG} bias={config['bias']!r} trains base biases; serve needs bias='none'")
+        raise _Refusal(
+            "adapter_config", f"{ADAPTER_CONFIG} bias={config['bias']!r} trains base biases; serve needs bias='none'"
+        )
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(RESIDUAL_INITS):
         raise _Refusal(
+            "adapter_config",
             f"init_lora_weights={init!r}: the adapter needs the residualised base it was trained on; save it "
-            "converted to plain LoRA (path_initial_model_for_weight_conversion) and publish that"
+            "converted to plain LoRA (path_initial_model_for_weight_conversion) and publish that",
         )
     return config
 
@@ -376,9 +412,9 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _rank_and_scale(config: dict[str, Any]) -> tuple[int, float]:
     r, alpha = config.get("r"), config.get("lora_alpha")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise _Refusal(f"{ADAPTER_CONFIG} r={r!r} is not a rank (a whole number from 1)")
+        raise _Refusal("adapter_config", f"{ADAPTER_CONFIG} r={r!r} is not a rank (a whole number from 1)")
     if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise _Refusal(f"{ADAPTER_CONFIG} lora_alpha={alpha!r} is not a number")
+        raise _Refusal("adapter_config", f"{ADAPTER_CONFIG} lora_alpha={alpha!r} is not a number")
     # rsLoRA scales by alpha/sqrt(r) so higher ranks keep learning; PEFT's use_rslora flag
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     return r, float(scale)
@@ -392,7 +428,8 @@ def _read_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise _Refusal(
-            f"{WEIGHTS_NAME} is truncated or corrupt ({type(exc).__name__}: {exc}); publish the adapter again"
+            "weights",
+            f"{WEIGHTS_NAME} is truncated or corrupt ({type(exc).__name__}: {exc}); publish the adapter again",
         ) from exc
 
 
@@ -405,25 +442,26 @@ def _factors(
         module, part = _split_key(key, shapes)
         halves.setdefault(module, {})[part] = tensor
     if not halves:
-        raise _Refusal(f"{WEIGHTS_NAME} holds no LoRA factors: it would change nothing (served as the base)")
+        raise _Refusal("tensors", f"{WEIGHTS_NAME} holds no LoRA factors: it would change nothing (served as the base)")
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for module, parts in sorted(halves.items()):
         missing = [p for p in ("A", "B") if p not in parts]
         if missing:
-            raise _Refusal(f"{module} has no lora_{missing[0]} factor; save the adapter again")
+            raise _Refusal("tensors", f"{module} has no lora_{missing[0]} factor; save the adapter again")
         in_features, out_features = shapes[module]
         a, b = parts["A"], parts["B"]
         if tuple(a.shape) != (rank, in_features) or tuple(b.shape) != (out_features, rank):
             raise _Refusal(
+                "tensors",
                 f"{module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the base's "
                 f"({in_features} -> {out_features}) at r={rank} (want A {(rank, in_features)}, B "
                 f"{(out_features, rank)}); it was trained on another base",
             )
         if not a.is_floating_point() or not b.is_floating_point():
-            raise _Refusal(f"{module}: factors of dtype {a.dtype}/{b.dtype}; LoRA factors are floats")
+            raise _Refusal("tensors", f"{module}: factors of dtype {a.dtype}/{b.dtype}; LoRA factors are floats")
         a32, b32 = a.to(torch.float32).contiguous(), b.to(torch.float32).contiguous()
         if not (torch.isfinite(a32).all() and torch.isfinite(b32).all()):
-            raise _Refusal(f"{module}: factors hold NaN or inf (a diverged run); do not serve it")
+            raise _Refusal("tensors", f"{module}: factors hold NaN or inf (a diverged run); do not serve it")
         factors[module] = (a32, b32)
     return factors
 
@@ -431,17 +469,18 @@ def _factors(
 def _split_key(key: str, shapes: Mapping[str, tuple[int, int]]) -> tuple[str, str]:
     """PEFT's `base_model.model.MODULE.lora_A.weight` -> (MODULE, "A"); refuse anything else."""
     if "lora_magnitude_vector" in key:
-        raise _Refusal(f"tensor {key} is a DoRA magnitude; the engines serve plain LoRA only")
+        raise _Refusal("tensors", f"tensor {key} is a DoRA magnitude; the engines serve plain LoRA only")
     for part in ("A", "B"):
         suffix = f".lora_{part}.weight"
         if key.startswith(PEFT_PREFIX) and key.endswith(suffix):
             module = key[len(PEFT_PREFIX) : -len(suffix)]
             if module not in shapes:
                 raise _Refusal(
+                    "tensors",
                     f"tensor {key} is for module {module}, which the served base has no linear layer "
                     "named; it was trained on another architecture or saved with another prefix",
                 )
             return module, part
     raise _Refusal(
-        f"tensor {key} is not a LoRA factor (base_model.model.MODULE.lora_A/B.weight); serve runs plain LoRA"
+        "tensors", f"tensor {key} is not a LoRA factor (base_model.model.MODULE.lora_A/B.weight); serve runs plain LoRA"
     )
