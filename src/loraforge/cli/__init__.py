@@ -21,6 +21,7 @@ from loraforge.cli import (
     plan_cmds,
     registry_cmds,
     ship_cmds,
+    tenants_cmds,
     train_cmds,
 )
 from loraforge.errors import LoraforgeError
@@ -61,6 +62,7 @@ docs_cmds.register(app)
 merge_cmds.register(app)
 card_cmds.register(app)
 feedback_cmds.register(app)
+tenants_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
