@@ -40,9 +40,15 @@ def read_adapter_weights(adapter_dir: Path, name: str, version: int = 1) -> Adap
         if key.endswith(suffix)
     }
     return AdapterWeights(
-        key=f"{name}@{version}", name=name, version=version, rank=rank, scale=scale, factors=factors,
-        chat_template=None, path=str(adapter_dir),
-    )  # fmt: skip
+        key=f"{name}@{version}",
+        name=name,
+        version=version,
+        rank=rank,
+        scale=scale,
+        factors=factors,
+        chat_template=None,
+        path=str(adapter_dir),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +175,10 @@ def test_a_seeded_sampled_request_gives_the_same_tokens_alone_and_in_a_mixed_bat
 ) -> None:
     engine = BuiltinEngine(load_base(str(base_dir)).model)
     seeded = _request(0, adapters[1], Sampling(max_tokens=20, temperature=1.0, top_p=0.9, seed=7))
-    others = [_request(i, [None, adapters[0], adapters[2]][i % 3], Sampling(max_tokens=20, temperature=0.8, seed=i))
-              for i in range(1, 6)]  # fmt: skip
+    others = [
+        _request(i, [None, adapters[0], adapters[2]][i % 3], Sampling(max_tokens=20, temperature=0.8, seed=i))
+        for i in range(1, 6)
+    ]
     alone = _serve(engine, [seeded])[0]
     batched = _serve(engine, [others[0], seeded, *others[1:]], stagger_s=0.005)[1]
     greedy = _serve(engine, [_request(0, adapters[1], Sampling(max_tokens=20, temperature=0))])[0]
@@ -251,8 +259,14 @@ def test_the_context_limit_ends_the_sequence_with_length(tmp_path: Path) -> None
 
 
 def test_a_base_of_another_architecture_is_refused_with_the_fix() -> None:
-    config = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    config = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     with pytest.raises(ModelError, match="LlamaForCausalLM only.*--engine peft"):
         BuiltinEngine(MistralForCausalLM(config))
 
@@ -278,8 +292,9 @@ def test_an_adapter_that_does_not_fit_the_base_fails_only_its_request(
     async def run() -> list[list[TokenEvent] | BaseException]:
         await engine.start()
         try:
-            return await asyncio.gather(_collect(engine, _request(0, bad)), _collect(engine, _request(1, good)),
-                                        return_exceptions=True)  # fmt: skip
+            return await asyncio.gather(
+                _collect(engine, _request(0, bad)), _collect(engine, _request(1, good)), return_exceptions=True
+            )
         finally:
             await engine.close()
 
