@@ -32,13 +32,18 @@ def make_adapter(
     chat_template: Any = None,
     golden: Path | None = None,
     b_std: float = 0.05,
+    seed: int = 0,
 ) -> Path:
     """A saved adapter + manifest on `base_dir`, as training writes it (base spec and fingerprint,
     lora section, the training chat template, config.data.golden)."""
     quantization = qlora_quantization_config(torch.float32) if variant == "qlora" else None
     base = load_base(str(base_dir), quantization_config=quantization)
-    model = attach_lora(base.model, LoraSpec(r=r, variant=variant))  # type: ignore[arg-type]
-    randomize_lora_b(model, std=b_std)
+    # PEFT draws A from torch's global generator: seed it here, or an adapter depends on which
+    # tests ran before (one order gave an adapter whose first greedy token is end-of-text)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = attach_lora(base.model, LoraSpec(r=r, variant=variant))  # type: ignore[arg-type]
+    randomize_lora_b(model, seed=seed + 1, std=b_std)
     template = chat_template if chat_template is not None else base.chat_template
     manifest = valid_manifest(
         base.fingerprint,

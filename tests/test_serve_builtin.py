@@ -21,6 +21,7 @@ from loraforge.errors import ModelError
 from loraforge.models import load_adapter, load_base
 from loraforge.serve.builtin import BuiltinEngine
 from loraforge.serve.builtin.decoder import CausalAttention
+from loraforge.serve.builtin.sampling import sample
 from loraforge.serve.engine import AdapterWeights, GenerationRequest, Sampling, TokenEvent
 
 LOGIT_TOLERANCE = 1e-5  # fp32: the same sums in another order
@@ -63,8 +64,7 @@ def adapter_dirs(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> li
     out = tmp_path_factory.mktemp("engine-adapters")
     dirs = []
     for i, rank in enumerate((2, 4, 8, 4, 2)):
-        torch.manual_seed(100 + i)  # PEFT draws A from the global generator: a different A per adapter
-        dirs.append(make_adapter(base_dir, out / f"a{i}", r=rank, b_std=0.1 + 0.05 * i))
+        dirs.append(make_adapter(base_dir, out / f"a{i}", r=rank, b_std=0.1 + 0.05 * i, seed=i))
     return dirs
 
 
@@ -301,3 +301,10 @@ def test_an_adapter_that_does_not_fit_the_base_fails_only_its_request(
     failed, served = asyncio.run(run())
     assert isinstance(failed, ModelError) and "bad@1" in str(failed) and "do not fit" in str(failed)
     assert isinstance(served, list) and served[-1].finish_reason == "length"
+
+
+def test_a_tiny_temperature_samples_the_top_token_instead_of_failing() -> None:
+    # 1e-300 is a temperature the API accepts; logits / 1e-300 overflowed to inf and softmax gave nan
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
+    sampling = Sampling(max_tokens=1, temperature=1e-300, seed=0)
+    assert sample(logits, sampling, torch.Generator().manual_seed(0)) == 1

@@ -20,6 +20,7 @@ from loraforge.cli import (
     models_cmds,
     plan_cmds,
     registry_cmds,
+    serve_cmds,
     ship_cmds,
     tenants_cmds,
     train_cmds,
@@ -63,6 +64,7 @@ merge_cmds.register(app)
 card_cmds.register(app)
 feedback_cmds.register(app)
 tenants_cmds.register(app)
+serve_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

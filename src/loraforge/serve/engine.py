@@ -8,6 +8,7 @@ and the vLLM gateway are interchangeable and tested by the same client checks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -92,3 +93,15 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]: ...
 
     def stats(self) -> EngineStats: ...
+
+
+async def relay(events: asyncio.Queue[TokenEvent | BaseException]) -> AsyncIterator[TokenEvent]:
+    """What an engine's worker put on a sequence's queue, up to and with its finishing event; an
+    exception the worker put there is raised in the caller's task."""
+    while True:
+        item = await events.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+        if item.finish_reason is not None:
+            return

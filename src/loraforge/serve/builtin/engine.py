@@ -24,7 +24,7 @@ from loraforge.serve.builtin.decoder import Decoder
 from loraforge.serve.builtin.kv_cache import KVCache
 from loraforge.serve.builtin.lora_slots import AdapterSlots
 from loraforge.serve.builtin.scheduler import Item, Scheduler, Sequence
-from loraforge.serve.engine import EngineStats, GenerationRequest, TokenEvent
+from loraforge.serve.engine import EngineStats, GenerationRequest, TokenEvent, relay
 
 log = logging.getLogger("loraforge.serve.builtin")
 
@@ -108,13 +108,8 @@ class BuiltinEngine:
         seq = Sequence(request, asyncio.get_running_loop(), asyncio.Queue())
         self._inbox.put(seq)
         try:
-            while True:
-                item = await seq.events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
+            async for event in relay(seq.events):
+                yield event
         finally:
             seq.cancelled.set()  # a no-op once finished; closed early, the worker drops the row
 

@@ -42,7 +42,10 @@ def pick_tokens(
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
     """Nucleus sampling at `temperature`: keep the most likely tokens whose mass before them is
     under top_p (the top token always stays), renormalise, draw once."""
-    probs = torch.softmax(logits.float().cpu() / sampling.temperature, dim=-1)
+    # float64, shifted so the top logit is 0: a tiny temperature the API accepts (1e-300) is 0 in
+    # float32 and gave 0/0 = nan; in float64 the others go to -inf and the top token keeps it all
+    logits = logits.double().cpu()
+    probs = torch.softmax((logits - logits.max()) / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         ranked, order = torch.sort(probs, descending=True)
         mass_before = torch.cumsum(ranked, dim=-1) - ranked

@@ -1,0 +1,78 @@
+"""`loraforge serve`: the OpenAI-compatible server over a registry, one base and a tenants file."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from loraforge.serve.server import BuiltServer, DtypeChoice, EngineKind
+
+console = Console()
+
+
+class EngineChoice(StrEnum):
+    builtin = "builtin"
+    peft = "peft"
+
+
+class DtypeOption(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def serve_command(
+    registry: Path | None = typer.Option(
+        None, "--registry", help="Registry the adapters were published to (default $LORAFORGE_HOME/registry)."
+    ),
+    base: str = typer.Option(..., "--base", help="Base model: alias (smollm2-135m-instruct), model dir or .gguf."),
+    tenants: Path = typer.Option(..., "--tenants", help="tenants.yaml: API key hashes and each tenant's adapters."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+    max_loaded: int = typer.Option(8, "--max-loaded", min=1, help="Verified adapters held in memory (LRU)."),
+    pub: Path | None = typer.Option(
+        None, "--pub", help="Public key (PEM): every adapter's model.sig must verify against it, else it is refused."
+    ),
+    engine: EngineChoice = typer.Option(
+        EngineChoice.builtin, "--engine",
+        help="builtin: continuous batching with mixed adapters in one forward; peft: one request at a time "
+        "through PEFT set_adapter (the benchmark baseline).",
+    ),  # fmt: skip
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Where completions and feedback are kept (default $LORAFORGE_HOME/serve)."
+    ),
+    dtype: DtypeOption = typer.Option(
+        DtypeOption.auto, "--dtype", help="Base weights: auto (bf16 where the hardware runs it fast), fp32, bf16."
+    ),
+) -> None:
+    """Serve the base and the registry's live adapters over an OpenAI-compatible HTTP API (chat and
+    completions, streaming, per-tenant keys and adapters, feedback, /metrics) until Ctrl-C."""
+    from loraforge.serve.server import ServeOptions, serve  # deferred: torch and transformers take seconds
+    from loraforge.ship.registry import Registry
+
+    options = ServeOptions(
+        registry=registry if registry is not None else Registry.default().root,
+        base=base, tenants=tenants, host=host, port=port, max_loaded=max_loaded,
+        public_key=pub, engine=cast("EngineKind", engine.value), state_dir=state_dir,
+        dtype=cast("DtypeChoice", dtype.value),
+    )  # fmt: skip
+    serve(options, on_listen=_announce)
+
+
+def _announce(url: str, built: BuiltServer) -> None:
+    adapters = ", ".join(built.adapters) or "none live yet"
+    console.print(
+        f"loraforge serve: listening on {url} (base `{built.model_id}`, engine {built.engine}; adapters: {adapters})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"try: curl {url}/health", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)

@@ -1,0 +1,142 @@
+"""A real `loraforge serve` app for the HTTP tests: the tiny base, a registry with real adapters,
+a tenants file with real keys, and uvicorn on a free loopback port in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import uvicorn
+import yaml
+from fastapi import FastAPI
+
+from loraforge.models import context_length, load_base
+from loraforge.serve.adapters import AdapterStore, ServedBase
+from loraforge.serve.feedback import FeedbackStore
+from loraforge.serve.http import Limits, build_app
+from loraforge.serve.server import EngineKind, make_engine, stop_token_ids
+from loraforge.serve.tenants import Tenants, add_tenant
+from loraforge.ship.registry import Registry
+
+
+class LiveServer:
+    """uvicorn serving `app` on 127.0.0.1:<free port> until `stop()` (lifespan on: the engine starts)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        # log_config=None: keep pytest's logging (caplog sees the server's records)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def publish_live(registry: Registry, adapter_dir: Path, name: str) -> int:
+    """Publish `adapter_dir` as NAME's next version and make it live; the version number."""
+    entry = registry.publish(adapter_dir, name, force=True)  # test adapters carry no gate verdict
+    registry.promote(name, entry.version)
+    return entry.version
+
+
+@dataclass
+class TenantSpec:
+    adapters: list[str]
+    base: bool = True
+    max_concurrent: int | None = None
+
+
+def write_tenants(path: Path, specs: dict[str, TenantSpec]) -> dict[str, str]:
+    """tenants.yaml for `specs` through add_tenant; the clear key of each tenant."""
+    keys = {name: add_tenant(path, name, spec.adapters, base=spec.base) for name, spec in specs.items()}
+    document = yaml.safe_load(path.read_text())
+    for name, spec in specs.items():
+        if spec.max_concurrent is not None:
+            document["tenants"][name]["max_concurrent"] = spec.max_concurrent
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return keys
+
+
+@dataclass
+class Served:
+    """A running server and what a test needs to call and inspect it."""
+
+    live: LiveServer
+    keys: dict[str, str]
+    model_id: str
+    feedback_path: Path
+    feedback: FeedbackStore
+    registry: Registry
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.live.url
+
+    def client(self, tenant: str) -> openai.OpenAI:
+        # max_retries=0: the client retries 429s and 5xx by default, hiding what the server said
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.keys[tenant], max_retries=0, timeout=120)
+
+    def post(self, path: str, tenant: str | None, payload: Any) -> httpx.Response:
+        headers = {} if tenant is None else {"Authorization": f"Bearer {self.keys[tenant]}"}
+        return httpx.post(f"{self.url}{path}", json=payload, headers=headers, timeout=120)
+
+    def get(self, path: str, tenant: str | None = None) -> httpx.Response:
+        headers = {} if tenant is None else {"Authorization": f"Bearer {self.keys[tenant]}"}
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=120)
+
+
+def start_served(
+    base_dir: Path,
+    registry: Registry,
+    tenants: dict[str, TenantSpec],
+    work: Path,
+    *,
+    limits: Limits | None = None,
+    public_key: Path | None = None,
+    engine: EngineKind = "builtin",
+) -> Served:
+    """The app `loraforge serve` builds (the engine `--engine` names), served on a free port."""
+    loaded = load_base(str(base_dir))
+    served_base = ServedBase.from_loaded(loaded)
+    store = AdapterStore(registry, served_base, public_key=public_key, max_loaded=4)
+    keys = write_tenants(work / "tenants.yaml", tenants)
+    feedback_path = work / "feedback.sqlite3"
+    feedback = FeedbackStore(feedback_path)
+    app = build_app(
+        make_engine(engine, loaded.model, 4, loaded.dtype), store, Tenants.load(work / "tenants.yaml"), served_base,
+        loaded.tokenizer, feedback=feedback, limits=limits or Limits(),
+        context_length=context_length(loaded.model.config),
+        stop_token_ids=stop_token_ids(loaded.model, loaded.tokenizer),
+    )  # fmt: skip
+    return Served(LiveServer(app), keys, served_base.model_id, feedback_path, feedback, registry)
+
+
+def serving(served: Served) -> Iterator[Served]:
+    """For a fixture: yield the server, stop it after."""
+    try:
+        yield served
+    finally:
+        served.live.stop()
+        served.feedback.close()
