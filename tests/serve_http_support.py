@@ -3,9 +3,6 @@ a tenants file with real keys, and uvicorn on a free loopback port in a backgrou
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,44 +10,16 @@ from typing import Any
 
 import httpx
 import openai
-import uvicorn
 import yaml
-from fastapi import FastAPI
 
 from loraforge.models import context_length, load_base
 from loraforge.serve.adapters import AdapterStore, ServedBase
+from loraforge.serve.background import BackgroundServer
 from loraforge.serve.feedback import FeedbackStore
 from loraforge.serve.http import Limits, build_app
 from loraforge.serve.server import EngineKind, make_engine, stop_token_ids
 from loraforge.serve.tenants import Tenants, add_tenant
 from loraforge.ship.registry import Registry
-
-
-class LiveServer:
-    """uvicorn serving `app` on 127.0.0.1:<free port> until `stop()` (lifespan on: the engine starts)."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        # log_config=None: keep pytest's logging (caplog sees the server's records)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
 
 def publish_live(registry: Registry, adapter_dir: Path, name: str) -> int:
@@ -82,7 +51,7 @@ def write_tenants(path: Path, specs: dict[str, TenantSpec]) -> dict[str, str]:
 class Served:
     """A running server and what a test needs to call and inspect it."""
 
-    live: LiveServer
+    live: BackgroundServer
     keys: dict[str, str]
     model_id: str
     feedback_path: Path
@@ -130,7 +99,7 @@ def start_served(
         context_length=context_length(loaded.model.config),
         stop_token_ids=stop_token_ids(loaded.model, loaded.tokenizer),
     )  # fmt: skip
-    return Served(LiveServer(app), keys, served_base.model_id, feedback_path, feedback, registry)
+    return Served(BackgroundServer(app), keys, served_base.model_id, feedback_path, feedback, registry)
 
 
 def serving(served: Served) -> Iterator[Served]:

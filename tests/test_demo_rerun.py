@@ -43,6 +43,9 @@ def test_a_second_demo_resumes_and_a_changed_one_moves_the_earlier_run_aside(
     live = Registry.default().show(DEMO_REGISTRY_NAME)
     assert live.live and live.signed
     assert verify_adapter(live.path, public).files
+    # then served from the registry, its signature checked again at load, and asked through the openai client
+    assert "7. serve it" in printed and f"{DEMO_REGISTRY_NAME}@{live.version} answered in" in printed
+    assert f"loraforge serve --registry {Registry.default().root}" in printed
     trained = adapter_tensors(out)
     steps = len((out / "metrics.jsonl").read_text().splitlines())
 
@@ -52,6 +55,7 @@ def test_a_second_demo_resumes_and_a_changed_one_moves_the_earlier_run_aside(
     # so the gate passes (a regression test of the verdict itself lives in test_eval_gate.py)
     assert first == 0 and again == 0
     assert "holds an earlier demo run: resuming it" in printed and "4. the eval gate" in printed
+    assert f"{DEMO_REGISTRY_NAME}@" in printed and "answered in" in printed  # the demo tenant re-keyed, not refused
     assert adapter_tensors(out) == trained
     assert verify_adapter(out / "adapter", public).files  # the same key, reused
     assert not (tmp_path / "demo.previous").exists()

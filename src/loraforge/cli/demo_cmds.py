@@ -32,7 +32,7 @@ def demo(
     from loraforge.pipeline.demo import demo_config, run_demo
 
     config = demo_config(data_dir, output, quick, base, overrides)
-    result = run_demo(config, _show)
+    result = run_demo(config, _show, serve_step=_serve)
     if result.gate is not None and not result.gate.passed:
         raise GateBlocked("the gate blocked the demo adapter:\n" + "\n".join(f"  - {r}" for r in result.gate.reasons))
 
@@ -51,7 +51,8 @@ def _show(step: str, payload: Any) -> None:
         "gate": ("4. the eval gate", _gate),
         "side_by_side": ("5. base vs adapter", _side_by_side),
         "ship": ("6. sign and publish", _ship),
-        "paths": ("7. where everything is", _paths),
+        "serve": ("7. serve it", _served),
+        "paths": ("8. where everything is", _paths),
     }
     title, render = steps[step]
     console.print(Rule(title))
@@ -129,6 +130,48 @@ def _ship(shipped: Any) -> None:
     )
 
 
+def _serve(config: Any, data: Any, shipped: Any) -> Any:
+    """Serve the registry the demo published to and ask its adapter the first golden prompt through
+    the openai client: the same server, checks and engine `loraforge serve` runs."""
+    from loraforge.serve.first_request import answer_one  # deferred: the server's imports take seconds
+    from loraforge.serve.server import ServeOptions
+
+    record = next(r for r in data.golden if r.kind == "chat")
+    prompt = [dict(m) for m in record.messages if m["role"] != "assistant"]
+    precision = config.train.precision
+    options = ServeOptions(
+        registry=shipped.registry,
+        base=config.base,
+        tenants=config.output / "serve" / "tenants.yaml",
+        public_key=shipped.public_key,  # the signature is checked again at load
+        state_dir=config.output / "serve",
+        dtype=precision if precision in ("fp32", "bf16") else "auto",
+    )
+    answer = answer_one(options, shipped.entry.name, prompt, max_tokens=config.eval.max_new_tokens)
+    return {"answer": answer, "options": options, "question": prompt[-1]["content"]}
+
+
+def _served(payload: dict[str, Any]) -> None:
+    answer, options = payload["answer"], payload["options"]
+    question = " ".join(payload["question"].split())
+    text = " ".join(answer.answer.split())  # one line, as in the side-by-side step
+    shown = escape(text[:300]) + ("..." if len(text) > 300 else "")
+    if not text:
+        shown = f"(blank: {len(answer.answer)} whitespace characters)"
+    console.print(
+        f"served on {answer.url} (up in {answer.start_seconds:.1f}s) and asked through the openai client as "
+        f"tenant {answer.tenant}:\n  [dim]{escape(question[:160])}{'...' if len(question) > 160 else ''}[/]\n"
+        f"  {escape(answer.model)} answered in {answer.request_seconds:.1f}s ({answer.completion_tokens} tokens, "
+        f"finish {answer.finish_reason}):\n  [green]{shown}[/]"
+    )
+    pub = f" --pub {escape(str(options.public_key))}" if options.public_key is not None else ""
+    console.print(
+        "serve it yourself (keys are stored hashed; make one with `loraforge tenants add NAME --adapters "
+        f"{escape(answer.model.split('@')[0])} --file {escape(str(options.tenants))}`):\n"
+        f"  loraforge serve --registry {escape(str(options.registry))} --tenants {escape(str(options.tenants))}{pub}"
+    )
+
+
 def _paths(paths: dict[str, str]) -> None:
     for name, path in paths.items():
         console.print(f"  {name:12} {path}")
@@ -146,6 +189,7 @@ def _time(seconds: dict[str, Any]) -> None:
     console.print(
         f"\nthe demo took {_clock(seconds['total'])}: base {_clock(seconds['base'])}, data {_clock(seconds['data'])}, "
         f"training {_clock(seconds['training'])}, gate {_clock(seconds['gate'])}" + (f" ({roles})" if roles else "")
+        + (f", serve {_clock(seconds['serve'])}" if seconds.get("serve") else "")
     )
 
 

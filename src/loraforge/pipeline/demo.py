@@ -1,8 +1,9 @@
 """The demo: what `make demo` runs. The embedded base learns the bundled support-ticket task.
 
-Steps, each a plain call so later stages (serve) slot in: resolve the base -> prepare the data ->
-train -> gate -> base vs adapter side by side -> sign, publish and promote (a passing adapter only)
--> where things are.
+Steps, each a plain call: resolve the base -> prepare the data -> train -> gate -> base vs adapter
+side by side -> sign, publish and promote (a passing adapter only) -> serve it and answer one
+request (the caller's `serve_step`: serve is a sibling stage this package does not import) ->
+where things are.
 The caller passes `show(step, payload)` to render each step as it finishes.
 """
 
@@ -63,6 +64,7 @@ QUICK_TRAIN = {"epochs": 1.0, "max_steps": 8, "eval_every": 0.5, "micro_batch_si
 DEMO_REGISTRY_NAME = "support-tickets"  # the name the demo publishes under in $LORAFORGE_HOME/registry
 
 Show = Callable[[str, Any], None]
+ServeStep = Callable[["Config", PreparedData, "DemoShip"], Any]  # its result is shown as step "serve"
 
 
 @dataclass
@@ -83,6 +85,7 @@ class DemoResult:
     data: PreparedData
     outcome: RunOutcome
     shipped: DemoShip | None = None  # None when the gate blocked (or was off)
+    served: Any = None  # what serve_step returned, when it ran
 
     @property
     def gate(self) -> GateReport | None:
@@ -129,7 +132,7 @@ def _head(source: Path, dest: Path, rows: int) -> Path:
     return dest
 
 
-def run_demo(config: Config, show: Show) -> DemoResult:
+def run_demo(config: Config, show: Show, serve_step: ServeStep | None = None) -> DemoResult:
     started = time.perf_counter()
     base = load_base(config.base)  # converts the embedded GGUF once; later runs read the cache
     card = base_card(base)
@@ -163,13 +166,18 @@ def run_demo(config: Config, show: Show) -> DemoResult:
     outcome = train_again_or_afresh(config, show)
     finished = time.perf_counter()
     show("train", outcome.train)
-    shipped = None
+    shipped, served, serve_seconds = None, None, 0.0
     if outcome.gate is not None:
         show("gate", {"report": outcome.gate, "eval_dir": config.output / "eval"})
         show("side_by_side", side_by_side(outcome.gate, n=3))
         if outcome.gate.passed:
             shipped = ship_demo(config, outcome)
             show("ship", shipped)
+            if serve_step is not None:
+                serve_started = time.perf_counter()
+                served = serve_step(config, data, shipped)
+                serve_seconds = time.perf_counter() - serve_started
+                show("serve", served)
         else:
             show("note", "the gate blocked the adapter: it is not signed and not published")
     show("paths", artifact_paths(config))
@@ -184,9 +192,10 @@ def run_demo(config: Config, show: Show) -> DemoResult:
             "training": finished - train_started - gate_seconds,  # with loading, eval loss and saving
             "gate": gate_seconds,
             "gate_roles": gate_roles,
+            "serve": serve_seconds,
         },
     )
-    return DemoResult(config, card, data, outcome, shipped)
+    return DemoResult(config, card, data, outcome, shipped, served)
 
 
 def ship_demo(config: Config, outcome: RunOutcome) -> DemoShip:
