@@ -16,7 +16,7 @@ UV := $(VENV)/bin/uv
 UV_INSTALL = links="$${PIP_FIND_LINKS:-$$($(PIP) config get global.find-links 2>/dev/null)}"; \
 	$(UV) pip install --quiet --python $(PY) $$(for d in $$links; do printf -- '--find-links %s ' "$$d"; done)
 
-.PHONY: setup setup-dev setup-vllm demo demo-quick test test-fast lint bench docs clean
+.PHONY: setup setup-dev setup-vllm demo demo-quick test test-fast lint bench bench-serve docs clean
 
 # setup: what running loraforge needs; setup-dev adds the test and lint tools (make test, make lint)
 setup: $(STAMP)
@@ -62,6 +62,13 @@ docs: setup
 bench: setup
 	$(UV_INSTALL) $(TORCH_PIN) -e '.[bench]'
 	$(PY) bench/run.py
+
+# bench-serve: the engine against PEFT on SmolLM2 (correctness checked first), then a 60 s load test
+# of `loraforge serve` with 16 clients; tables on stdout and in runs/bench/ (docs/PERFORMANCE.md)
+bench-serve: setup-dev
+	mkdir -p runs/bench
+	$(PY) bench/serve_engine.py --base smollm2-135m-instruct --json runs/bench/serve_engine.json
+	$(PY) bench/serve_load.py --json runs/bench/serve_load.json
 
 # setup-vllm: vLLM for `loraforge export --for vllm`'s token-equality check, in its own venv so
 # the main venv's pins are never disturbed (about 3 GB; export finds .venv-vllm/bin/python or

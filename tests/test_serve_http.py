@@ -2,7 +2,7 @@
 
 One server for the module: the tiny base, a registry with three real PEFT adapters (B non-zero,
 so each changes the output), and four tenants: acme (alpha + base), globex (beta, no base),
-solo (alpha, one request at a time), and nobody's adapter gamma.
+solo (alpha, one request at a time), initech (alpha, beta and the base), and nobody's adapter gamma.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def served(
         "acme": TenantSpec(["alpha"]),
         "globex": TenantSpec(["beta"], base=False),
         "solo": TenantSpec(["alpha"], max_concurrent=1),
+        "initech": TenantSpec(["alpha", "beta"]),
     }
     yield from serving(
         start_served(
@@ -304,3 +305,48 @@ def test_concurrent_requests_of_two_tenants_each_get_their_adapter(served: Serve
     for thread in threads:
         thread.join()
     assert got == expected
+
+
+def test_twelve_concurrent_mixed_requests_each_equal_their_answer_alone(served: Served) -> None:
+    """Three adapters' worth of tenants, the base, different prompts and lengths, half streamed, arriving
+    staggered so rows join a running batch: each greedy answer equals the same request served alone."""
+    base = served.model_id
+    plan = [  # four a tenant: each tenant's concurrency limit
+        ("acme", "alpha"), ("globex", "beta"), ("initech", base), ("acme", base),
+        ("initech", "beta"), ("globex", "beta"), ("acme", "alpha"), ("initech", "alpha"),
+        ("globex", "beta"), ("acme", base), ("initech", base), ("globex", "beta"),
+    ]  # fmt: skip
+    requests = [
+        (tenant, model, [{"role": "user", "content": f"order {i}: {'where is it? ' * (1 + i % 4)}"}], 6 + 2 * (i % 5))
+        for i, (tenant, model) in enumerate(plan)
+    ]
+
+    def ask(i: int, stream: bool) -> str:
+        tenant, model, messages, max_tokens = requests[i]
+        client = served.client(tenant)
+        if not stream:
+            reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens)  # type: ignore[arg-type]
+            return reply.choices[0].message.content or ""
+        chunks = client.chat.completions.create(
+            model=model, messages=messages, temperature=0, max_tokens=max_tokens, stream=True  # type: ignore[arg-type]
+        )
+        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+    alone = [ask(i, stream=False) for i in range(len(requests))]
+    together: list[str | BaseException | None] = [None] * len(requests)
+
+    def call(i: int) -> None:
+        try:
+            together[i] = ask(i, stream=i % 2 == 1)
+        except BaseException as exc:  # shown in the assertion below, not lost in a thread
+            together[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for i, thread in enumerate(threads):
+        thread.start()
+        if i % 3 == 2:
+            threading.Event().wait(0.05)  # staggered: later rows join the running batch mid-decode
+    for thread in threads:
+        thread.join()
+    assert together == alone
+    assert len({alone[0], alone[1], alone[2]}) == 3  # alpha, beta and the base differ: the check can fail

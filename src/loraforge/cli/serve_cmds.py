@@ -47,8 +47,16 @@ def serve_command(
         None, "--state-dir", help="Where completions and feedback are kept (default $LORAFORGE_HOME/serve)."
     ),
     dtype: DtypeOption = typer.Option(
-        DtypeOption.auto, "--dtype", help="Base weights: auto (bf16 where the hardware runs it fast), fp32, bf16."
-    ),
+        DtypeOption.fp32, "--dtype",
+        help="Base weights: fp32 (a batched answer equals the same request alone), bf16 (faster on CPUs with "
+        "avx512_bf16/AMX and on GPUs; batched greedy answers may differ from alone by rounding), auto (bf16 "
+        "where the hardware runs it fast).",
+    ),  # fmt: skip
+    threads: int | None = typer.Option(
+        None, "--threads", min=1,
+        help="CPU threads for the engine's math (default: torch's, one per core). 1 on a CPU shared with other "
+        "busy processes: threads that wait for a busy core stall every decode step.",
+    ),  # fmt: skip
 ) -> None:
     """Serve the base and the registry's live adapters over an OpenAI-compatible HTTP API (chat and
     completions, streaming, per-tenant keys and adapters, feedback, /metrics) until Ctrl-C."""
@@ -59,7 +67,7 @@ def serve_command(
         registry=registry if registry is not None else Registry.default().root,
         base=base, tenants=tenants, host=host, port=port, max_loaded=max_loaded,
         public_key=pub, engine=cast("EngineKind", engine.value), state_dir=state_dir,
-        dtype=cast("DtypeChoice", dtype.value),
+        dtype=cast("DtypeChoice", dtype.value), threads=threads,
     )  # fmt: skip
     serve(options, on_listen=_announce)
 
