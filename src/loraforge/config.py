@@ -164,6 +164,12 @@ class TrainSpec(Section):
     )
     max_grad_norm: float = Field(default=recipe.DEFAULT_MAX_GRAD_NORM, gt=0, description="gradient clipping norm")
     seed: int = Field(default=recipe.DEFAULT_SEED, ge=0, description="seeds data split, order, init and dropout")
+    order: Literal["shuffle", "balanced"] = Field(
+        default="shuffle",
+        description="row order within an epoch; shuffle: a seeded random permutation; balanced: every prefix "
+        "holds the token n-grams rows share (phrasings, answer labels, replay rows) in the data's proportions "
+        "(herding), so a run shorter than an epoch sees an even slice of the data; ~1 s per 400 rows",
+    )
     eval_every: float = Field(default=recipe.DEFAULT_EVAL_EVERY, gt=0, description="eval loss every this many epochs")
     early_stopping_patience: int = Field(
         default=recipe.DEFAULT_EARLY_STOPPING_PATIENCE,

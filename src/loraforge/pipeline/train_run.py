@@ -158,6 +158,7 @@ def build_batch_plan(
         collate,
         micro_batch_size=step.micro_batch_size,
         seed=config.train.seed,
+        order=config.train.order,
         world_size=world,
         rank=accelerator.process_index,
     )

@@ -1,7 +1,8 @@
 """The order micro-batches are seen in: a pure function of (seed, epoch, position).
 
 Rows (packed sequences, or single examples when packing is off) are shuffled once per epoch
-with a generator seeded by (seed, epoch), never by the global RNG, so a resumed run sees exactly
+with a generator seeded by (seed, epoch), never by the global RNG (or, with train.order=balanced,
+put in an order whose every prefix covers the data evenly: train.order), so a resumed run sees exactly
 the batches the uninterrupted run would have seen. The data stage supplies the rows and the
 collate function; this module only decides their order and which process gets which rows.
 """
@@ -11,11 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from loraforge.errors import TrainError
+from loraforge.train.order import balanced_order
 
 Batch = dict[str, torch.Tensor]
 Collate = Callable[[Sequence[Any]], dict[str, Any]]
@@ -32,6 +34,7 @@ class BatchPlan:
     seed: int
     world_size: int = 1
     rank: int = 0
+    order: Literal["shuffle", "balanced"] = "shuffle"  # train.order
     _epoch_cache: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,8 +54,12 @@ class BatchPlan:
     def epoch_order(self, epoch: int) -> list[int]:
         """Row indices for one epoch; padded by wrapping when several processes need equal shares."""
         if epoch not in self._epoch_cache:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.train_rows), generator=generator).tolist()
+            epoch_seed = self.seed * 100_003 + epoch
+            if self.order == "balanced":
+                order = balanced_order(self.train_rows, epoch_seed)
+            else:
+                generator = torch.Generator().manual_seed(epoch_seed)
+                order = torch.randperm(len(self.train_rows), generator=generator).tolist()
             short = self.micro_batches_per_epoch * self.global_micro_batch - len(order)
             if self.world_size > 1 and short:
                 order += order[:short]  # like DistributedSampler: every process must run every step
