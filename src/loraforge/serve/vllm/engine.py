@@ -94,6 +94,7 @@ class VllmEngine:
         if self.process is not None:
             await asyncio.to_thread(self.process.stop)
             self.process = None
+            self.url = ""  # a later start() starts a fresh vLLM, on a new port
 
     def stats(self) -> EngineStats:
         return EngineStats(running=self._running, waiting=0, loaded_adapters=len(self._loaded))
@@ -177,7 +178,10 @@ def completion_body(request: GenerationRequest, model: str) -> dict[str, Any]:
         "top_p": sampling.top_p,
         "stream": True,
         "return_token_ids": True,
+        # loraforge decides where a sequence ends (its stop ids hold the base's eos): an empty
+        # stop_token_ids means fixed length, as on the other engines, not "stop at vLLM's eos"
         "stop_token_ids": list(sampling.stop_token_ids),
+        "ignore_eos": True,
         "skip_special_tokens": False,
     }
     if sampling.seed is not None:
