@@ -128,3 +128,27 @@ def test_missing_registry_and_tenants_are_one_error_naming_both_flags(
     assert code == 2
     assert "--registry" in err and "--tenants" in err and "loraforge tenants add" in err
     assert "Traceback" not in err
+
+
+def test_engine_vllm_without_vllm_is_exit_2_naming_make_setup_vllm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAFORGE_VLLM_PYTHON", str(tmp_path / "no-python"))
+    (tmp_path / "registry").mkdir()
+    add_tenant(tmp_path / "t.yaml", "acme", [])
+    argv = ["serve", "--registry", str(tmp_path / "registry"), "--base", "x", "--tenants", str(tmp_path / "t.yaml")]
+    code = main([*argv, "--engine", "vllm"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "make setup-vllm" in err and "LORAFORGE_VLLM_PYTHON" in err
+    assert "Traceback" not in err
+
+
+def test_engine_url_needs_engine_vllm_and_a_valid_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "registry").mkdir()
+    add_tenant(tmp_path / "t.yaml", "acme", [])
+    argv = ["serve", "--registry", str(tmp_path / "registry"), "--base", "x", "--tenants", str(tmp_path / "t.yaml")]
+    code = main([*argv, "--engine-url", "http://127.0.0.1:9", "--max-lora-rank", "20"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "--engine-url" in err and "--engine vllm" in err and "--max-lora-rank 20" in err
