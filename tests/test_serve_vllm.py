@@ -36,14 +36,15 @@ from tiny import save_tiny_base
 from loraforge.models import MANIFEST_NAME
 from loraforge.serve.vllm import VllmEngine, VllmSettings
 from loraforge.ship.registry import Registry
-from loraforge.ship.vllm_run import vllm_python
-
-pytestmark = pytest.mark.vllm
+from loraforge.ship.vllm_run import VLLM_PYTHON_ENV, VLLM_VENV_PYTHON, vllm_python
 
 VLLM_SKIP_REASON = (
     "vLLM not installed (make setup-vllm, or set LORAFORGE_VLLM_PYTHON): it is an optional extra, "
     "so CI skips the --engine vllm checks"
 )
+# at collection only whether the python exists (instant); the `served` fixture probes `import vllm`
+_VLLM_PYTHON = Path(os.environ.get(VLLM_PYTHON_ENV) or VLLM_VENV_PYTHON)
+pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not _VLLM_PYTHON.is_file(), reason=VLLM_SKIP_REASON)]
 
 # test_serve_http's client checks, run here against vLLM
 globals().update({name: getattr(test_serve_http, name) for name in dir(test_serve_http) if name.startswith("test_")})
