@@ -72,13 +72,16 @@ def server(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
     threading.Thread(target=_lines, args=(proc.stderr, err), daemon=True).start()
     url = None
-    deadline = time.monotonic() + 120  # start-up on a loaded 2-core machine, not a measurement
+    deadline = time.monotonic() + 300  # start-up on a loaded 2-core machine, not a measurement
     while url is None and time.monotonic() < deadline and proc.poll() is None:
         try:
             found = re.search(r"listening on (http://\S+)", out.get(timeout=1))
         except queue.Empty:
             continue
         url = found.group(1) if found else None
+    if url is None:
+        proc.kill()  # a failed start leaves no server behind
+        proc.wait(timeout=60)
     assert url is not None, "the server did not print its address: " + "".join(err)[-2000:]
     yield Process(proc, url, key, err)
     if proc.poll() is None:
