@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import yaml
+from ship_adapters import make_adapter
 
 from loraforge.models import context_length, load_base
 from loraforge.serve.adapters import AdapterStore, ServedBase
@@ -19,6 +20,7 @@ from loraforge.serve.feedback import FeedbackStore
 from loraforge.serve.http import Limits, build_app
 from loraforge.serve.server import EngineKind, make_engine, stop_token_ids
 from loraforge.serve.tenants import Tenants, add_tenant
+from loraforge.serve.vllm import VllmSettings, adapter_refusal
 from loraforge.ship.registry import Registry
 
 
@@ -85,21 +87,48 @@ def start_served(
     limits: Limits | None = None,
     public_key: Path | None = None,
     engine: EngineKind = "builtin",
+    vllm: VllmSettings | None = None,
 ) -> Served:
-    """The app `loraforge serve` builds (the engine `--engine` names), served on a free port."""
+    """The app `loraforge serve` builds (the engine `--engine` names; vllm: its settings), served on a free port."""
     loaded = load_base(str(base_dir))
     served_base = ServedBase.from_loaded(loaded)
-    store = AdapterStore(registry, served_base, public_key=public_key, max_loaded=4)
+    accept = adapter_refusal(vllm.max_lora_rank) if vllm is not None else None
+    store = AdapterStore(registry, served_base, public_key=public_key, max_loaded=4, accept=accept)
     keys = write_tenants(work / "tenants.yaml", tenants)
     feedback_path = work / "feedback.sqlite3"
     feedback = FeedbackStore(feedback_path)
+    engine_instance = make_engine(engine, loaded.model, 4, loaded.dtype, vllm=vllm)
     app = build_app(
-        make_engine(engine, loaded.model, 4, loaded.dtype), store, Tenants.load(work / "tenants.yaml"), served_base,
+        engine_instance, store, Tenants.load(work / "tenants.yaml"), served_base,
         loaded.tokenizer, feedback=feedback, limits=limits or Limits(),
         context_length=context_length(loaded.model.config),
         stop_token_ids=stop_token_ids(loaded.model, loaded.tokenizer),
     )  # fmt: skip
-    return Served(BackgroundServer(app), keys, served_base.model_id, feedback_path, feedback, registry)
+    # the lifespan starts the engine: vLLM's start on a loaded 2-core machine takes minutes
+    live = BackgroundServer(app, start_timeout_s=900 if engine == "vllm" else 60)
+    return Served(live, keys, served_base.model_id, feedback_path, feedback, registry, {"engine": engine_instance})
+
+
+HELLO = [{"role": "user", "content": "hello, where is my order?"}]
+BODY_LIMIT = 20_000
+CHECKS_LIMITS = Limits(max_body_bytes=BODY_LIMIT, max_tokens_cap=400)
+
+
+def client_checks_registry(base_dir: Path, work: Path) -> tuple[Registry, dict[str, TenantSpec]]:
+    """What tests/test_serve_http.py's client checks expect: three real PEFT adapters (B non-zero, so
+    each changes the output) and tenants acme (alpha + base), globex (beta, no base), solo (alpha, one
+    request at a time), initech (alpha, beta and the base); nobody's adapter gamma."""
+    registry = Registry(work / "registry")
+    publish_live(registry, make_adapter(base_dir, work / "alpha", r=4, b_std=0.1), "alpha")
+    publish_live(registry, make_adapter(base_dir, work / "beta", r=8, b_std=0.3, seed=1), "beta")
+    publish_live(registry, make_adapter(base_dir, work / "gamma", r=2, b_std=0.2, seed=2), "gamma")
+    tenants = {
+        "acme": TenantSpec(["alpha"]),
+        "globex": TenantSpec(["beta"], base=False),
+        "solo": TenantSpec(["alpha"], max_concurrent=1),
+        "initech": TenantSpec(["alpha", "beta"]),
+    }
+    return registry, tenants
 
 
 def serving(served: Served) -> Iterator[Served]:

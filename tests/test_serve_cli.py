@@ -72,13 +72,16 @@ def server(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
     threading.Thread(target=_lines, args=(proc.stderr, err), daemon=True).start()
     url = None
-    deadline = time.monotonic() + 120  # start-up on a loaded 2-core machine, not a measurement
+    deadline = time.monotonic() + 300  # start-up on a loaded 2-core machine, not a measurement
     while url is None and time.monotonic() < deadline and proc.poll() is None:
         try:
             found = re.search(r"listening on (http://\S+)", out.get(timeout=1))
         except queue.Empty:
             continue
         url = found.group(1) if found else None
+    if url is None:
+        proc.kill()  # a failed start leaves no server behind
+        proc.wait(timeout=60)
     assert url is not None, "the server did not print its address: " + "".join(err)[-2000:]
     yield Process(proc, url, key, err)
     if proc.poll() is None:
@@ -128,3 +131,27 @@ def test_missing_registry_and_tenants_are_one_error_naming_both_flags(
     assert code == 2
     assert "--registry" in err and "--tenants" in err and "loraforge tenants add" in err
     assert "Traceback" not in err
+
+
+def test_engine_vllm_without_vllm_is_exit_2_naming_make_setup_vllm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAFORGE_VLLM_PYTHON", str(tmp_path / "no-python"))
+    (tmp_path / "registry").mkdir()
+    add_tenant(tmp_path / "t.yaml", "acme", [])
+    argv = ["serve", "--registry", str(tmp_path / "registry"), "--base", "x", "--tenants", str(tmp_path / "t.yaml")]
+    code = main([*argv, "--engine", "vllm"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "make setup-vllm" in err and "LORAFORGE_VLLM_PYTHON" in err
+    assert "Traceback" not in err
+
+
+def test_engine_url_needs_engine_vllm_and_a_valid_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "registry").mkdir()
+    add_tenant(tmp_path / "t.yaml", "acme", [])
+    argv = ["serve", "--registry", str(tmp_path / "registry"), "--base", "x", "--tenants", str(tmp_path / "t.yaml")]
+    code = main([*argv, "--engine-url", "http://127.0.0.1:9", "--max-lora-rank", "20"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "--engine-url" in err and "--engine vllm" in err and "--max-lora-rank 20" in err

@@ -1,7 +1,7 @@
 """The OpenAI-compatible server over a real socket, called with the official `openai` client.
 
 One server for the module: the tiny base, a registry with three real PEFT adapters (B non-zero,
-so each changes the output), and four tenants: acme (alpha + base), globex (beta, no base),
+so each changes the output), and five tenants: acme (alpha + base), globex (beta, no base),
 solo (alpha, one request at a time), initech (alpha, beta and the base), and nobody's adapter gamma.
 """
 
@@ -16,44 +16,22 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_http_support import Served, TenantSpec, publish_live, serving, start_served
-from ship_adapters import make_adapter
+from serve_http_support import BODY_LIMIT, CHECKS_LIMITS, HELLO, Served, client_checks_registry, serving, start_served
 
 from loraforge.serve.feedback import FeedbackStore
-from loraforge.serve.http import Limits
-from loraforge.ship.registry import Registry
 
 GREEDY = {"temperature": 0, "max_tokens": 16}
-HELLO = [{"role": "user", "content": "hello, where is my order?"}]
-BODY_LIMIT = 20_000
 
 
 @pytest.fixture(scope="module", params=["builtin", "peft"])
 def served(
     request: pytest.FixtureRequest, tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    """The same client checks on both engines: the HTTP layer knows them only as `Engine`."""
+    """The same client checks on both engines: the HTTP layer knows them only as `Engine`
+    (and on vLLM: tests/test_serve_vllm.py runs these functions against its own server)."""
     work = tmp_path_factory.mktemp("serve")
-    registry = Registry(work / "registry")
-    publish_live(registry, make_adapter(tiny_base_dir, work / "alpha", r=4, b_std=0.1), "alpha")
-    publish_live(registry, make_adapter(tiny_base_dir, work / "beta", r=8, b_std=0.3, seed=1), "beta")
-    publish_live(registry, make_adapter(tiny_base_dir, work / "gamma", r=2, b_std=0.2, seed=2), "gamma")
-    tenants = {
-        "acme": TenantSpec(["alpha"]),
-        "globex": TenantSpec(["beta"], base=False),
-        "solo": TenantSpec(["alpha"], max_concurrent=1),
-        "initech": TenantSpec(["alpha", "beta"]),
-    }
-    yield from serving(
-        start_served(
-            tiny_base_dir,
-            registry,
-            tenants,
-            work,
-            limits=Limits(max_body_bytes=BODY_LIMIT, max_tokens_cap=400),
-            engine=request.param,
-        )  # fmt: skip
-    )
+    registry, tenants = client_checks_registry(tiny_base_dir, work)
+    yield from serving(start_served(tiny_base_dir, registry, tenants, work, limits=CHECKS_LIMITS, engine=request.param))
 
 
 def chat(served: Served, tenant: str, model: str, **kwargs: object) -> openai.types.chat.ChatCompletion:

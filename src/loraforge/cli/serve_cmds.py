@@ -18,6 +18,7 @@ console = Console()
 class EngineChoice(StrEnum):
     builtin = "builtin"
     peft = "peft"
+    vllm = "vllm"
 
 
 class DtypeOption(StrEnum):
@@ -41,8 +42,18 @@ def serve_command(
     engine: EngineChoice = typer.Option(
         EngineChoice.builtin, "--engine",
         help="builtin: continuous batching with mixed adapters in one forward; peft: one request at a time "
-        "through PEFT set_adapter (the benchmark baseline).",
+        "through PEFT set_adapter (the benchmark baseline); vllm: a vLLM server on loopback behind loraforge "
+        "(make setup-vllm).",
     ),  # fmt: skip
+    engine_url: str | None = typer.Option(
+        None, "--engine-url",
+        help="With --engine vllm: attach to this running vLLM (started with --enable-lora, --served-model-name "
+        "base, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; its --api-key in $LORAFORGE_VLLM_API_KEY) instead of "
+        "starting one.",
+    ),  # fmt: skip
+    max_lora_rank: int = typer.Option(
+        16, "--max-lora-rank", help="With --engine vllm: vLLM's LoRA buffer rank; adapters of a higher rank get 409."
+    ),
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="Where completions and feedback are kept (default $LORAFORGE_HOME/serve)."
     ),
@@ -67,9 +78,10 @@ def serve_command(
         registry=registry if registry is not None else Registry.default().root,
         base=base, tenants=tenants, host=host, port=port, max_loaded=max_loaded,
         public_key=pub, engine=cast("EngineKind", engine.value), state_dir=state_dir,
-        dtype=cast("DtypeChoice", dtype.value), threads=threads,
+        dtype=cast("DtypeChoice", dtype.value), threads=threads, engine_url=engine_url,
+        max_lora_rank=max_lora_rank,
     )  # fmt: skip
-    serve(options, on_listen=_announce)
+    serve(options, on_listen=_announce)  # LoraforgeError (vLLM not installed among them): exit 2 with the fix
 
 
 def _announce(url: str, built: BuiltServer) -> None:

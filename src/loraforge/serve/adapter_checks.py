@@ -58,6 +58,7 @@ REFUSAL_CHECKS = (
     "adapter_config",
     "weights",
     "tensors",
+    "engine",  # the engine cannot serve it (vLLM: a rank above --max-lora-rank, DoRA, bias terms)
 )
 
 

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from torch import nn
@@ -126,7 +126,10 @@ class AdapterStore:
         public_key: Path | None = None,
         max_loaded: int = 8,
         log: logging.Logger | None = None,
+        accept: Callable[[AdapterWeights], str | None] | None = None,
     ) -> None:
+        """`accept`: the engine's own limits (vLLM's --max-lora-rank), run after every other check on a
+        verified adapter; a reason it returns refuses the adapter (check "engine") like any failed check."""
         if max_loaded < 1:
             raise ModelError(f"max_loaded={max_loaded} (--max-loaded): hold at least 1 adapter")
         if public_key is not None:
@@ -136,6 +139,7 @@ class AdapterStore:
         self.public_key = None if public_key is None else Path(public_key)
         self.max_loaded = max_loaded
         self.log = log or logging.getLogger(__name__)
+        self.accept = accept
         self._lock = threading.Lock()
         self._loaded: OrderedDict[Path, AdapterWeights] = OrderedDict()
         self._refusals: OrderedDict[Path, AdapterRefused] = OrderedDict()  # by directory
@@ -191,6 +195,9 @@ class AdapterStore:
             self._stats.misses += 1
         try:
             weights = load_verified(path, name, self.base, self.public_key, self.log, model=model)
+            reason = self.accept(weights) if self.accept is not None else None
+            if reason is not None:
+                raise AdapterRefused(model, " ".join(reason.split()), path, check="engine")
         except AdapterRefused as exc:
             self.log.warning("refused adapter %s (%s): %s", model, path, exc.reason)
             with self._lock:

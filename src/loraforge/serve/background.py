@@ -19,7 +19,9 @@ class BackgroundServer:
     """Serves `app` on `sock` (default: 127.0.0.1, any free port) until `stop()`; lifespan on, so
     the engine starts before the first request. `log_config=None` keeps the caller's logging."""
 
-    def __init__(self, app: FastAPI, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self, app: FastAPI, sock: socket.socket | None = None, *, start_timeout_s: float = START_TIMEOUT_S
+    ) -> None:
         if sock is None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
@@ -29,12 +31,12 @@ class BackgroundServer:
         self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + start_timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 raise LoraforgeError(
-                    f"the server on {self.url} did not start within {START_TIMEOUT_S:.0f}s; its log above says why"
+                    f"the server on {self.url} did not start within {start_timeout_s:.0f}s; its log above says why"
                 )
             time.sleep(0.05)
 

@@ -8,7 +8,9 @@ the flag in the message, not after a model load.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +23,8 @@ import uvicorn.config
 from fastapi import FastAPI
 
 from loraforge.errors import LoraforgeError
-from loraforge.models import context_length, load_base
-from loraforge.models.base import fast_bf16_available
+from loraforge.models import LoadedBase, context_length, load_base
+from loraforge.models.base import fast_bf16_available, resolve_base
 from loraforge.serve.adapters import AdapterStore, ServedBase, check_public_key
 from loraforge.serve.builtin import BuiltinEngine
 from loraforge.serve.engine import Engine
@@ -30,14 +32,19 @@ from loraforge.serve.feedback import FeedbackStore, default_state_dir, feedback_
 from loraforge.serve.http import Limits, build_app
 from loraforge.serve.peft_engine import PeftEngine
 from loraforge.serve.tenants import Tenants
+from loraforge.serve.vllm import DEFAULT_MAX_LORA_RANK, VllmEngine, VllmSettings, adapter_refusal
+from loraforge.ship.export_vllm import VLLM_MAX_LORA_RANKS
 from loraforge.ship.registry import Registry
+from loraforge.ship.vllm_run import VLLM_PYTHON_ENV, vllm_python
 
-EngineKind = Literal["builtin", "peft"]
+EngineKind = Literal["builtin", "peft", "vllm"]
 DtypeChoice = Literal["auto", "fp32", "bf16"]
-# builtin: continuous batching with mixed adapters in one forward; peft is the benchmark baseline
+# builtin: continuous batching with mixed adapters in one forward; peft is the benchmark baseline;
+# vllm: a vLLM server behind loraforge (docs/serve.md#the-vllm-engine)
 DEFAULT_ENGINE: EngineKind = "builtin"
 
 log = logging.getLogger("loraforge.serve")
+VLLM_KEY_ENV = "LORAFORGE_VLLM_API_KEY"  # with --engine-url: the --api-key that vLLM was started with
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,8 @@ class ServeOptions:
     dtype: DtypeChoice = "fp32"
     threads: int | None = None  # torch's intra-op threads; None: torch's default
     limits: Limits = field(default_factory=Limits)
+    engine_url: str | None = None  # --engine vllm: attach to this vLLM instead of starting one
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK  # --engine vllm: adapters of a higher rank are refused (409)
 
 
 @dataclass
@@ -84,10 +93,22 @@ def check_options(options: ServeOptions) -> None:
         problems.append(f"--max-loaded {options.max_loaded}: must be at least 1")
     if options.threads is not None and options.threads < 1:
         problems.append(f"--threads {options.threads}: must be at least 1")
+    if options.engine_url is not None and options.engine != "vllm":
+        problems.append(f"--engine-url {options.engine_url}: only --engine vllm attaches to a server; add it")
+    if options.engine_url is not None and not options.engine_url.startswith(("http://", "https://")):
+        problems.append(f"--engine-url {options.engine_url}: must be an http:// or https:// URL")
+    if options.max_lora_rank not in VLLM_MAX_LORA_RANKS:
+        allowed = ", ".join(str(v) for v in VLLM_MAX_LORA_RANKS)
+        problems.append(f"--max-lora-rank {options.max_lora_rank}: vLLM accepts only {allowed}")
     if problems:
         raise LoraforgeError("loraforge serve: " + "; ".join(problems))
     if options.public_key is not None:
         check_public_key(options.public_key)
+    if options.engine == "vllm" and options.engine_url is None and found_vllm_python() is None:
+        raise VllmMissing(
+            f"--engine vllm: vLLM is not installed; run `make setup-vllm` (its own venv, .venv-vllm), set "
+            f"{VLLM_PYTHON_ENV} to a python that imports vllm, or attach to a running vLLM with --engine-url"
+        )
 
 
 def torch_dtype(choice: DtypeChoice, device: str) -> torch.dtype:
@@ -107,10 +128,12 @@ def build_server(options: ServeOptions) -> BuiltServer:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_base(options.base, dtype=torch_dtype(options.dtype, device), device=device)
     served = ServedBase.from_loaded(loaded)
+    vllm = vllm_settings(options, loaded) if options.engine == "vllm" else None
     store = AdapterStore(
-        Registry(options.registry), served, public_key=options.public_key, max_loaded=options.max_loaded, log=log
-    )
-    engine = make_engine(options.engine, loaded.model, options.max_loaded, loaded.dtype)
+        Registry(options.registry), served, public_key=options.public_key, max_loaded=options.max_loaded, log=log,
+        accept=adapter_refusal(options.max_lora_rank) if vllm is not None else None,
+    )  # fmt: skip
+    engine = make_engine(options.engine, loaded.model, options.max_loaded, loaded.dtype, vllm=vllm)
     feedback = FeedbackStore(feedback_path(options.state_dir or default_state_dir()))
     app = build_app(
         engine, store, tenants, served, loaded.tokenizer,
@@ -120,10 +143,47 @@ def build_server(options: ServeOptions) -> BuiltServer:
     return BuiltServer(app, feedback, served.model_id, engine.name, store.names())
 
 
-def make_engine(kind: EngineKind, model: Any, max_loaded: int, dtype: torch.dtype) -> Engine:
+def make_engine(
+    kind: EngineKind, model: Any, max_loaded: int, dtype: torch.dtype, *, vllm: VllmSettings | None = None
+) -> Engine:
     if kind == "peft":
         return PeftEngine(model, max_loaded=max_loaded)
+    if kind == "vllm":
+        if vllm is None:
+            raise LoraforgeError("make_engine('vllm'): pass vllm=VllmSettings(...) (serve.server.vllm_settings)")
+        return VllmEngine(vllm, max_loaded=max_loaded)
     return BuiltinEngine(model, max_loaded=max_loaded, dtype=dtype)
+
+
+class VllmMissing(LoraforgeError):
+    """--engine vllm without a python that imports vLLM (the CLI exits 2 with the fix)."""
+
+
+def vllm_settings(options: ServeOptions, loaded: LoadedBase) -> VllmSettings:
+    """vLLM serves the same weights loraforge verified adapters against: the base's HF directory
+    (a GGUF base's converted safetensors), in the dtype loraforge chose, with its context length."""
+    return VllmSettings(
+        base_dir=resolve_base(options.base).absolute(),
+        dtype="bfloat16" if loaded.dtype == torch.bfloat16 else "float32",
+        max_loras=options.max_loaded,
+        max_model_len=context_length(loaded.model.config),
+        log_path=(options.state_dir or default_state_dir()) / "vllm.log",
+        max_lora_rank=options.max_lora_rank,
+        url=options.engine_url,
+        api_key=os.environ.get(VLLM_KEY_ENV),
+        python=found_vllm_python() if options.engine_url is None else None,
+    )
+
+
+def found_vllm_python() -> Path | None:
+    """ship.vllm_run.vllm_python, probed once per setting: the probe imports vLLM (seconds)."""
+    return _probe_vllm_python(os.environ.get(VLLM_PYTHON_ENV), os.getcwd())
+
+
+@functools.cache
+def _probe_vllm_python(configured: str | None, cwd: str) -> Path | None:
+    found = vllm_python()  # reads the same environment and directory the cache is keyed on
+    return None if found is None else found.absolute()
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
