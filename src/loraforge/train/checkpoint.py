@@ -138,13 +138,13 @@ def resume_point(out_dir: Path, identity: dict[str, Any], resume: bool) -> Path 
     if found and not resume:
         raise TrainError(
             f"{out_dir}: holds checkpoints of an earlier run (newest {found[-1].name}); pass --resume "
-            "to continue it, or set another output directory"
+            "(resume=True) to continue it, or set another output directory"
         )
     if not found:
         if resume:
             raise TrainError(
-                f"{out_dir}: --resume was given but there is no complete checkpoint to resume "
-                f"({checkpoints}/step-N with a {STATE_NAME}); drop --resume to start a fresh run"
+                f"{out_dir}: --resume (resume=True) was given but there is no complete checkpoint to resume "
+                f"({checkpoints}/step-N with a {STATE_NAME}); drop --resume (resume=False) to start a fresh run"
             )
         return None
     check_identity(found[-1], read_checkpoint_state(found[-1])[1], identity)
