@@ -82,7 +82,7 @@ def test_resume_with_changed_data_is_refused_showing_the_difference(tiny_base_di
 
 def test_new_run_into_a_used_output_is_refused(tiny_base_dir: Path, tmp_path: Path) -> None:
     run_worker(tiny_base_dir, tmp_path, resume=False, max_steps=2)
-    with pytest.raises(TrainError, match="pass --resume"):
+    with pytest.raises(TrainError, match=r"pass --resume \(resume=True\)"):
         run_worker(tiny_base_dir, tmp_path, resume=False, max_steps=2)
 
 
@@ -99,7 +99,9 @@ def test_resuming_an_early_stopped_run_goes_straight_to_its_adapter(tiny_base_di
 
 
 def test_resume_with_nothing_to_resume_is_refused_naming_the_fix(tiny_base_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainError, match=rf"{tmp_path}: --resume was given but there is no complete .*drop --resume"):
+    refused = rf"{tmp_path}: --resume \(resume=True\) was given but there is no complete "
+    refused += r".*drop --resume \(resume=False\)"
+    with pytest.raises(TrainError, match=refused):
         run_worker(tiny_base_dir, tmp_path, resume=True, max_steps=2)
     assert not (tmp_path / "checkpoints").exists()
 

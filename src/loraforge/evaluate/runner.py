@@ -80,11 +80,13 @@ def as_role(model: PeftModel, role: str, candidate: str, merge: bool = False) ->
 
 def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
     if not (against / "adapter_config.json").is_file():
-        raise ModelError(f"--against {against}: no adapter_config.json; point at a shipped adapter directory")
+        raise ModelError(
+            f"against_dir={against} (--against): no adapter_config.json; point at a shipped adapter directory"
+        )
     expected = ((read_manifest(against) or {}).get("base") or {}).get("fingerprint")
     if expected and expected != base.fingerprint:
         raise ModelError(
-            f"--against {against}: adapter was trained on base {expected}, but the loaded base is "
+            f"against_dir={against} (--against): adapter was trained on base {expected}, but the loaded base is "
             f"{base.fingerprint}; compare adapters of the same base"
         )
     try:

@@ -144,7 +144,7 @@ def get_tier(name: str, usd_per_hour: float | None = None) -> Tier:
     lookup = {key.lower(): key for key in TIER_NAMES}
     key = lookup.get(name.lower())
     if key is None:
-        raise ConfigError([f"--gpu {name}: unknown tier; choose one of {', '.join(TIER_NAMES)}"], "--gpu")
+        raise ConfigError([f"name={name!r} (--gpu): unknown tier; choose one of {', '.join(TIER_NAMES)}"], "--gpu")
     tier = cpu_tier() if key == "CPU" else GPU_TIERS[key]
     if usd_per_hour is not None:
         tier = Tier(**{**asdict(tier), "usd_per_hour": usd_per_hour})

@@ -17,6 +17,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from peft import PeftModel, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -130,23 +131,37 @@ def read_checkpoint_state(path: Path) -> tuple[LoopState, dict[str, Any]]:
 def resume_point(out_dir: Path, identity: dict[str, Any], resume: bool) -> Path | None:
     """The checkpoint a run continues from, None for a fresh run; refuses, before anything is
     written, a fresh run into an output holding checkpoints, a --resume with nothing to resume,
-    and a resume whose config, base or data changed (check_identity)."""
+    a resume whose config, base or data changed (check_identity), and a newest checkpoint whose
+    adapter weights cannot be read."""
     checkpoints = out_dir / CHECKPOINTS_SUBDIR
     found = complete_checkpoints(checkpoints)
     if found and not resume:
         raise TrainError(
             f"{out_dir}: holds checkpoints of an earlier run (newest {found[-1].name}); pass --resume "
-            "to continue it, or set another output directory"
+            "(resume=True) to continue it, or set another output directory"
         )
     if not found:
         if resume:
             raise TrainError(
-                f"{out_dir}: --resume was given but there is no complete checkpoint to resume "
-                f"({checkpoints}/step-N with a {STATE_NAME}); drop --resume to start a fresh run"
+                f"{out_dir}: --resume (resume=True) was given but there is no complete checkpoint to resume "
+                f"({checkpoints}/step-N with a {STATE_NAME}); drop --resume (resume=False) to start a fresh run"
             )
         return None
     check_identity(found[-1], read_checkpoint_state(found[-1])[1], identity)
+    weights = found[-1] / ADAPTER_SUBDIR / ADAPTER_WEIGHTS
+    try:  # the header and sizes only: a damaged checkpoint is refused before the run rewrites its files
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except UNREADABLE_WEIGHTS as exc:
+        raise _unreadable(found[-1], exc) from exc
     return found[-1]
+
+
+def _unreadable(path: Path, exc: Exception) -> TrainError:
+    return TrainError(
+        f"{path / ADAPTER_SUBDIR / ADAPTER_WEIGHTS}: cannot read the checkpoint's adapter ({exc}); delete {path} "
+        "to resume from the checkpoint before it, or train without --resume into a new output"
+    )
 
 
 def check_identity(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -185,10 +200,7 @@ def load_checkpoint(
     try:
         weights = load_file(str(path / ADAPTER_SUBDIR / ADAPTER_WEIGHTS))
     except UNREADABLE_WEIGHTS as exc:
-        raise TrainError(
-            f"{path / ADAPTER_SUBDIR / ADAPTER_WEIGHTS}: cannot read the checkpoint's adapter ({exc}); delete {path} "
-            "to resume from the checkpoint before it, or train without --resume into a new output"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     unexpected = getattr(set_peft_model_state_dict(model, weights), "unexpected_keys", [])
     if unexpected:
         raise TrainError(f"{path}: adapter weights do not match the model (unexpected: {', '.join(unexpected[:3])})")
