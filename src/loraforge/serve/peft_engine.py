@@ -146,7 +146,8 @@ class PeftEngine:
     def _load(self, adapter: AdapterWeights) -> PeftModel:
         if adapter.key in self._slots:
             self._slots.move_to_end(adapter.key)
-            assert self._peft is not None
+            if self._peft is None:  # a slot is only recorded once its PeftModel exists
+                raise ModelError(f"PeftEngine: adapter {adapter.key} has a slot but no PEFT model; restart the engine")
             return self._peft
         slot = next(self._slot_names)
         if adapter.factors:
