@@ -35,12 +35,17 @@ def main() -> None:
         redacted = scanner.redact(row["text"], scanner.find(row["text"]))
         if row["value"] in redacted or f"<{row['entity']}>" not in redacted:
             missed.append({"text": row["text"], "want": row["entity"], "got": redacted})
-    print(json.dumps({
-        "false_positive_rate": f"{len(touched)}/{len(lookalikes)}",
-        "recall": f"{len(real) - len(missed)}/{len(real)}",
-        "false_positives": touched,
-        "missed": missed,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "false_positive_rate": f"{len(touched)}/{len(lookalikes)}",
+                "recall": f"{len(real) - len(missed)}/{len(real)}",
+                "false_positives": touched,
+                "missed": missed,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from loraforge.cli import app, main
 from loraforge.config import Config, load_config, validate_config
-from loraforge.config_text import reference_markdown, render_yaml
+from loraforge.config_text import reference_markdown, reference_rows, render_yaml
 from loraforge.errors import ConfigError
-from loraforge.recipe import DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_R
+from loraforge.recipe import DEFAULT_ALPHA, DEFAULT_LR, DEFAULT_R, REASONS
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -130,3 +132,27 @@ def test_loraplus_ratio_below_one_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         validate_config({"data": {"train": "x.jsonl"}, "lora": {"loraplus_lr_ratio": 0.5}}, check_files=False)
     assert "lora.loraplus_lr_ratio" in str(info.value) and "greater than or equal to 1" in str(info.value)
+
+
+def test_each_recipe_reason_reaches_the_reference_the_init_yaml_and_explain(tmp_path: Path) -> None:
+    (tmp_path / "t.jsonl").write_text("")
+    config = validate_config({"data": {"train": str(tmp_path / "t.jsonl")}}, check_files=False)
+    yaml_text, reference = render_yaml(config), reference_markdown()
+    keys = {row.key for row in reference_rows()}
+    for key, reason in REASONS.items():
+        assert key in keys, f"recipe.REASONS names {key}, which is not a config key"
+        name = key.rpartition(".")[2]
+        line = next(ln for ln in yaml_text.splitlines() if ln.strip().startswith(f"{name}:") and reason in ln)
+        assert line.endswith(f"Why this default: {reason}")
+        assert f"| `{key}` |" in reference and reason in reference
+    result = CliRunner().invoke(app, ["config", "explain", "train.lr"])
+    assert result.exit_code == 0
+    assert " ".join(result.output.split()).startswith("train.lr (float, default 0.0002) peak learning rate (AdamW).")
+    assert " ".join(REASONS["train.lr"].split()) in " ".join(result.output.split())
+
+
+def test_explain_of_an_unknown_key_exits_2_and_lists_the_sections(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "explain", "trian.lr"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no config key or section 'trian.lr'; sections: data, eval, lora, ship, train" in err
+    assert "Traceback" not in err

@@ -38,8 +38,15 @@ def test_demo_passes_the_gate_with_golden_at_least_85_percent(
         "config.yaml",
     ):
         assert (out / artifact).is_file(), artifact
-    for step in ("1. the embedded base", "2. the data", "3. training", "4. the eval gate", "5. base vs adapter",
-                 "6. sign and publish", "7. serve it"):
+    for step in (
+        "1. the embedded base",
+        "2. the data",
+        "3. training",
+        "4. the eval gate",
+        "5. base vs adapter",
+        "6. sign and publish",
+        "7. serve it",
+    ):
         assert step in printed
     served = " ".join(printed.split())  # rich wraps long lines
     assert "support-tickets@" in served and "answered in" in served, printed[-3000:]

@@ -279,9 +279,11 @@ def assert_as_separate_passes(
 ) -> None:
     """The one-pass answers and reference losses equal separate greedy generation (in batches of
     `batch_size`) and a separate reference forward."""
-    from loraforge.evaluate.scoring import _reference_nll, generate_answers
+    from eval_answers import generate_answers
 
-    expected_answers = generate_answers(model, tokenizer, cases, batch_size=batch_size, desc="separately")
+    from loraforge.evaluate.scoring import _reference_nll
+
+    expected_answers = generate_answers(model, tokenizer, cases, batch_size=batch_size)
     expected_scores = _reference_nll(model, tokenizer, [encode_reference(tokenizer, c) for c in cases])
     assert any(answers) and answers == expected_answers
     for (nll, count), (want_nll, want_count) in zip(scores, expected_scores, strict=True):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from eval_answers import generate_answers
 
 from loraforge.config import EvalSpec, LoraSpec
 from loraforge.evaluate import load_probes, run_checks, run_gate
 from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS
-from loraforge.evaluate.scoring import cases_from_records, generate_answers
+from loraforge.evaluate.scoring import cases_from_records
 from loraforge.models import attach_lora, load_base
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def test_the_base_passes_every_bundled_probe() -> None:
     base = load_base(ALIAS)
     spec = EvalSpec()
     cases = cases_from_records(load_probes(list(spec.probes)), PROBE_MAX_NEW_TOKENS, probe=True)
-    answers = generate_answers(base.model, base.tokenizer, cases, spec.batch_size, "probes")
+    answers = generate_answers(base.model, base.tokenizer, cases, spec.batch_size)
     failing = [
         (case.id, answer)
         for case, answer in zip(cases, answers, strict=True)

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from loraforge.errors import ConfigError, ModelError, TrainError
+from loraforge.config import validate_config
+from loraforge.config_yaml import parse_override
+from loraforge.errors import ConfigError, EvalError, LoraforgeError, ModelError, TrainError
 from loraforge.evaluate.runner import load_against
+from loraforge.pipeline.evaluate_run import evaluate_run
 from loraforge.plan.hardware import get_tier
+from loraforge.serve.server import ServeOptions, check_options
 from loraforge.train.checkpoint import CHECKPOINTS_SUBDIR, STATE_NAME, resume_point
 
 
@@ -35,3 +39,26 @@ def test_a_fresh_run_into_a_used_output_names_resume_true_and_the_flag(tmp_path:
     (step / STATE_NAME).write_text(json.dumps({"loop": {}, "identity": {}}))
     with pytest.raises(TrainError, match=r"pass --resume \(resume=True\) to continue it"):
         resume_point(tmp_path, {}, resume=False)
+
+
+def test_a_gate_without_an_adapter_names_adapter_dir_and_the_flag(tmp_path: Path) -> None:
+    config = validate_config(
+        {"base": "x", "output": str(tmp_path / "run"), "data": {"train": "t.jsonl"}}, "test", check_files=False
+    )
+    with pytest.raises(EvalError, match=r"pass --adapter DIR \(adapter_dir=DIR\)"):
+        evaluate_run(config)
+
+
+def test_a_bad_override_names_the_overrides_argument_and_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"--set 'train\.lr' \(an overrides entry\): expected key\.path=value"):
+        parse_override("train.lr")
+
+
+def test_serve_option_problems_name_each_field_and_its_flag(tmp_path: Path) -> None:
+    options = ServeOptions(registry=tmp_path / "none", base="x", tenants=tmp_path / "t.yaml", port=70000, max_loaded=0)
+    with pytest.raises(LoraforgeError) as caught:
+        check_options(options)
+    message = str(caught.value)
+    assert f"registry={tmp_path / 'none'!r} (--registry): no such directory" in message
+    assert "port=70000 (--port): must be 0..65535" in message
+    assert "max_loaded=0 (--max-loaded): must be at least 1" in message

@@ -154,4 +154,5 @@ def test_engine_url_needs_engine_vllm_and_a_valid_rank(tmp_path: Path, capsys: p
     code = main([*argv, "--engine-url", "http://127.0.0.1:9", "--max-lora-rank", "20"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2
-    assert "--engine-url" in err and "--engine vllm" in err and "--max-lora-rank 20" in err
+    assert "engine_url='http://127.0.0.1:9' (--engine-url)" in err and "--engine vllm" in err
+    assert "max_lora_rank=20 (--max-lora-rank)" in err

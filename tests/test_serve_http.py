@@ -306,7 +306,11 @@ def test_twelve_concurrent_mixed_requests_each_equal_their_answer_alone(served: 
             reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens)  # type: ignore[arg-type]
             return reply.choices[0].message.content or ""
         chunks = client.chat.completions.create(
-            model=model, messages=messages, temperature=0, max_tokens=max_tokens, stream=True  # type: ignore[arg-type]
+            model=model,
+            messages=messages,
+            temperature=0,
+            max_tokens=max_tokens,
+            stream=True,  # type: ignore[arg-type]
         )
         return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
 

@@ -14,7 +14,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from manifests import valid_manifest
 from ship_runs import SLICES, gated_run
+from typer.testing import CliRunner
 
+from loraforge.cli import app
 from loraforge.config import LoraSpec
 from loraforge.errors import ModelError
 from loraforge.files import sha256_file
@@ -27,7 +29,7 @@ from loraforge.models import (
     save_adapter,
     tokenizer_sha256,
 )
-from loraforge.models.manifest import manifest_field_table, manifest_problems, manifest_schema
+from loraforge.models.manifest import manifest_problems, manifest_schema
 from loraforge.pipeline.run import RunOutcome
 
 MANIFEST_MD = Path(__file__).resolve().parent.parent / "docs" / "manifest.md"
@@ -147,6 +149,9 @@ def test_a_format_1_manifest_without_a_fingerprint_is_refused(tmp_path: Path) ->
 
 
 def test_docs_manifest_md_holds_the_field_table_generated_from_the_schema() -> None:
-    assert manifest_field_table() in MANIFEST_MD.read_text(encoding="utf-8"), (
-        "docs/manifest.md is stale: paste loraforge.models.manifest.manifest_field_table() into its field table"
+    result = CliRunner().invoke(app, ["docs", "manifest-fields"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("| key path | type | meaning | written by |\n")
+    assert result.output in MANIFEST_MD.read_text(encoding="utf-8"), (
+        "docs/manifest.md is stale: paste the output of `loraforge docs manifest-fields` into its field table"
     )

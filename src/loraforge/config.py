@@ -21,6 +21,11 @@ Probe = Literal["safety", "general"]
 ALL_PROBES: tuple[Probe, ...] = ("safety", "general")
 
 
+def _why(key: str, what: str) -> str:
+    """A field's description: what it does, then why its default is the recipe's (recipe.REASONS)."""
+    return f"{what}. Why this default: {recipe.REASONS[key]}"
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, fields validate on assignment."""
 
@@ -45,14 +50,17 @@ class DataSpec(Section):
         default=recipe.DEFAULT_REPLAY_RATIO,
         gt=0,
         lt=1,
-        description="share of training rows drawn from data.replay (its rows repeated in a seeded order "
-        "to reach it); null: each replay row once",
+        description=_why(
+            "data.replay_ratio",
+            "share of training rows drawn from data.replay (its rows repeated in a seeded order "
+            "to reach it); null: each replay row once",
+        ),
     )
     eval_fraction: float = Field(
         default=recipe.DEFAULT_EVAL_FRACTION,
         gt=0,
         lt=1,
-        description="share of train held out for eval loss (at least 1 row)",
+        description=_why("data.eval_fraction", "share of train held out for eval loss (at least 1 row)"),
     )
     on_error: Literal["strict", "skip"] = Field(
         default="strict", description="strict stops on the first bad row set; skip drops bad rows and counts them"
@@ -67,7 +75,9 @@ class DataSpec(Section):
         default="auto", description="auto: 95th percentile of token lengths, rounded up to 64, capped by context"
     )
     max_row_chars: int = Field(
-        default=recipe.DEFAULT_MAX_ROW_CHARS, gt=0, description="rows longer than this are rejected as data bugs"
+        default=recipe.DEFAULT_MAX_ROW_CHARS,
+        gt=0,
+        description=_why("data.max_row_chars", "rows longer than this are rejected as data bugs"),
     )
     packing: bool = Field(default=True, description="pack rows into full sequences; rows never attend to each other")
     pack_len: int | Literal["auto"] = Field(
@@ -84,7 +94,9 @@ class DataSpec(Section):
         default=recipe.DEFAULT_NEAR_DUP_THRESHOLD,
         gt=0,
         le=1,
-        description="Jaccard similarity on word 5-grams that counts as a near duplicate",
+        description=_why(
+            "data.near_dup_threshold", "Jaccard similarity on word 5-grams that counts as a near duplicate"
+        ),
     )
     leakage_check: bool = Field(
         default=True, description="remove train rows that duplicate golden rows, so the gate measures generalisation"
@@ -107,14 +119,20 @@ class DataSpec(Section):
 
 
 class LoraSpec(Section):
-    r: int = Field(default=recipe.DEFAULT_R, gt=0, le=1024, description="adapter rank")
+    r: int = Field(default=recipe.DEFAULT_R, gt=0, le=1024, description=_why("lora.r", "adapter rank"))
     alpha: float = Field(
-        default=recipe.DEFAULT_ALPHA, gt=0, description="scale numerator: updates are scaled by alpha/r"
+        default=recipe.DEFAULT_ALPHA,
+        gt=0,
+        description=_why("lora.alpha", "scale numerator: updates are scaled by alpha/r"),
     )
-    dropout: float = Field(default=recipe.DEFAULT_DROPOUT, ge=0, lt=1, description="dropout on the adapter input")
+    dropout: float = Field(
+        default=recipe.DEFAULT_DROPOUT, ge=0, lt=1, description=_why("lora.dropout", "dropout on the adapter input")
+    )
     targets: Literal["all-linear"] | list[str] = Field(
         default=recipe.DEFAULT_TARGETS,
-        description="all-linear (q, k, v, o, gate, up, down; never lm_head) or a list of module names",
+        description=_why(
+            "lora.targets", "all-linear (q, k, v, o, gate, up, down; never lm_head) or a list of module names"
+        ),
     )
     variant: Literal["lora", "dora", "rslora", "pissa", "loraplus", "qlora"] = Field(
         default="lora", description="lora, dora, rslora (alpha/sqrt(r)), pissa init, loraplus, qlora (4-bit NF4 base)"
@@ -122,7 +140,10 @@ class LoraSpec(Section):
     loraplus_lr_ratio: float = Field(
         default=recipe.DEFAULT_LORAPLUS_RATIO,
         ge=1,
-        description="LoRA+: lr of B over lr of A; at least 1, as LoRA+ means B learns faster than A (below 1, slower)",
+        description=_why(
+            "lora.loraplus_lr_ratio",
+            "LoRA+: lr of B over lr of A; at least 1, as LoRA+ means B learns faster than A (below 1, slower)",
+        ),
     )
     top_layers: int | None = Field(
         default=None,
@@ -140,41 +161,56 @@ class LoraSpec(Section):
 
 
 class TrainSpec(Section):
-    epochs: float = Field(default=recipe.DEFAULT_EPOCHS, gt=0, le=100, description="passes over the training rows")
+    epochs: float = Field(
+        default=recipe.DEFAULT_EPOCHS, gt=0, le=100, description=_why("train.epochs", "passes over the training rows")
+    )
     max_steps: int | None = Field(default=None, gt=0, description="optional cap on optimizer steps")
-    lr: float = Field(default=recipe.DEFAULT_LR, gt=0, lt=1, description="peak learning rate (AdamW)")
+    lr: float = Field(default=recipe.DEFAULT_LR, gt=0, lt=1, description=_why("train.lr", "peak learning rate (AdamW)"))
     scheduler: Literal["cosine", "linear", "constant"] = Field(
-        default=recipe.DEFAULT_SCHEDULER, description="learning-rate decay after warmup"
+        default=recipe.DEFAULT_SCHEDULER, description=_why("train.scheduler", "learning-rate decay after warmup")
     )
     warmup_ratio: float = Field(
-        default=recipe.DEFAULT_WARMUP_RATIO, ge=0, lt=1, description="share of steps spent warming up"
+        default=recipe.DEFAULT_WARMUP_RATIO,
+        ge=0,
+        lt=1,
+        description=_why("train.warmup_ratio", "share of steps spent warming up"),
     )
     weight_decay: float = Field(
-        default=recipe.DEFAULT_WEIGHT_DECAY, ge=0, description="AdamW weight decay on adapter weights"
+        default=recipe.DEFAULT_WEIGHT_DECAY,
+        ge=0,
+        description=_why("train.weight_decay", "AdamW weight decay on adapter weights"),
     )
     micro_batch_size: int = Field(
         default=recipe.DEFAULT_MICRO_BATCH,
         gt=0,
-        description="sequences per forward pass (fewer when auto steps need fewer)",
+        description=_why("train.micro_batch_size", "sequences per forward pass (fewer when auto steps need fewer)"),
     )
     grad_accum: int | Literal["auto"] = Field(
         default=recipe.DEFAULT_GRAD_ACCUM,
         description="micro-batches per optimizer step; auto: about 50 steps an epoch, 8 to 128 examples a step "
         "(packed rows count their examples), so a few hundred rows still get enough updates",
     )
-    max_grad_norm: float = Field(default=recipe.DEFAULT_MAX_GRAD_NORM, gt=0, description="gradient clipping norm")
-    seed: int = Field(default=recipe.DEFAULT_SEED, ge=0, description="seeds data split, order, init and dropout")
+    max_grad_norm: float = Field(
+        default=recipe.DEFAULT_MAX_GRAD_NORM, gt=0, description=_why("train.max_grad_norm", "gradient clipping norm")
+    )
+    seed: int = Field(
+        default=recipe.DEFAULT_SEED, ge=0, description=_why("train.seed", "seeds data split, order, init and dropout")
+    )
     order: Literal["shuffle", "balanced"] = Field(
         default="shuffle",
         description="row order within an epoch; shuffle: a seeded random permutation; balanced: every prefix "
         "holds the token n-grams rows share (phrasings, answer labels, replay rows) in the data's proportions "
         "(herding), so a run shorter than an epoch sees an even slice of the data; ~1 s per 400 rows",
     )
-    eval_every: float = Field(default=recipe.DEFAULT_EVAL_EVERY, gt=0, description="eval loss every this many epochs")
+    eval_every: float = Field(
+        default=recipe.DEFAULT_EVAL_EVERY,
+        gt=0,
+        description=_why("train.eval_every", "eval loss every this many epochs"),
+    )
     early_stopping_patience: int = Field(
         default=recipe.DEFAULT_EARLY_STOPPING_PATIENCE,
         ge=0,
-        description="evals without improvement before stopping; 0 = off",
+        description=_why("train.early_stopping_patience", "evals without improvement before stopping; 0 = off"),
     )
     save_every: float | None = Field(
         default=None, gt=0, description="checkpoint every this many epochs; default: at every eval"
@@ -182,7 +218,7 @@ class TrainSpec(Section):
     keep_checkpoints: int = Field(
         default=recipe.DEFAULT_KEEP_CHECKPOINTS,
         ge=1,
-        description="newest checkpoints kept for resume (the best is always kept)",
+        description=_why("train.keep_checkpoints", "newest checkpoints kept for resume (the best is always kept)"),
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 base where the GPU/CPU has fast bf16 (adapters stay fp32), else fp32"
@@ -213,8 +249,14 @@ class TrainSpec(Section):
 
 class EvalSpec(Section):
     gate: bool = Field(default=True, description="run the gate after training; a blocked adapter is not shipped")
-    max_new_tokens: int = Field(default=recipe.DEFAULT_MAX_NEW_TOKENS, gt=0, description="greedy generation length cap")
-    batch_size: int = Field(default=recipe.DEFAULT_EVAL_BATCH, gt=0, description="prompts generated together")
+    max_new_tokens: int = Field(
+        default=recipe.DEFAULT_MAX_NEW_TOKENS,
+        gt=0,
+        description=_why("eval.max_new_tokens", "greedy generation length cap"),
+    )
+    batch_size: int = Field(
+        default=recipe.DEFAULT_EVAL_BATCH, gt=0, description=_why("eval.batch_size", "prompts generated together")
+    )
     give_up_after: int | None = Field(
         default=recipe.DEFAULT_GIVE_UP_AFTER,
         gt=0,
@@ -263,7 +305,9 @@ class ShipSpec(Section):
 
 
 class Config(Section):
-    base: str = Field(default=recipe.DEFAULT_BASE, description="alias, Hugging Face model directory, or .gguf file")
+    base: str = Field(
+        default=recipe.DEFAULT_BASE, description=_why("base", "alias, Hugging Face model directory, or .gguf file")
+    )
     output: Path = Field(default=Path("runs/default"), description="run directory for every artifact")
     data: DataSpec
     lora: LoraSpec = Field(default_factory=LoraSpec)

@@ -5,6 +5,7 @@ fields in `loraforge.config`, so a reason lives in exactly one place.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,45 @@ def to_plain_value(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class ReferenceRow:
+    """One config key as docs/config.md, `loraforge config explain` and init's comments state it."""
+
+    section: str  # "" for the top level
+    key: str  # dotted path: train.lr
+    type_name: str
+    default: str  # rendered: `2e-4`, none, required
+    why: str  # the field's description: what it does and why this default
+
+
+REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("", Config),
+    ("data", DataSpec),
+    ("lora", LoraSpec),
+    ("train", TrainSpec),
+    ("eval", EvalSpec),
+    ("ship", ShipSpec),
+]
+
+
+def reference_rows() -> list[ReferenceRow]:
+    """Every config key with its type, default and reason, in the reference's order."""
+    rows = []
+    for prefix, model in REFERENCE_SECTIONS:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                continue
+            if field.is_required():
+                default = "required"
+            else:
+                raw_default = field.get_default(call_default_factory=True)
+                default = f"`{to_plain_value(raw_default)!r}`" if raw_default is not None else "none"
+            key = f"{prefix}.{name}" if prefix else name
+            rows.append(ReferenceRow(prefix, key, _type_name(annotation), default, field.description or ""))
+    return rows
+
+
 def reference_markdown() -> str:
     """docs/config.md, generated from the fields (CI checks it is current)."""
     out = [
@@ -61,28 +101,12 @@ def reference_markdown() -> str:
         "Generated from `src/loraforge/config.py` by `loraforge config docs`; do not edit by hand.",
         "",
     ]
-    sections: list[tuple[str, type[BaseModel]]] = [
-        ("", Config),
-        ("data", DataSpec),
-        ("lora", LoraSpec),
-        ("train", TrainSpec),
-        ("eval", EvalSpec),
-        ("ship", ShipSpec),
-    ]
-    for prefix, model in sections:
+    rows = reference_rows()
+    for prefix, _ in REFERENCE_SECTIONS:
         out += [f"## `{prefix or 'top level'}`", "", "| key | type | default | why |", "|---|---|---|---|"]
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                continue
-            key = f"{prefix}.{name}" if prefix else name
-            if field.is_required():
-                default = "required"
-            else:
-                raw_default = field.get_default(call_default_factory=True)
-                default = f"`{to_plain_value(raw_default)!r}`" if raw_default is not None else "none"
-            type_name = _type_name(annotation).replace("|", "\\|")
-            out.append(f"| `{key}` | {type_name} | {default} | {field.description or ''} |")
+        for row in (r for r in rows if r.section == prefix):
+            type_name = row.type_name.replace("|", "\\|")
+            out.append(f"| `{row.key}` | {type_name} | {row.default} | {row.why} |")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 

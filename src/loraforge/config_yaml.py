@@ -16,11 +16,15 @@ from loraforge.errors import ConfigError
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=1e-4` -> (['train', 'lr'], 1e-4); the value is read as YAML, then typed by the field."""
     if "=" not in text:
-        raise ConfigError([f"--set {text!r}: expected key.path=value, e.g. --set train.lr=1e-4"], "--set")
+        raise ConfigError(
+            [f"--set {text!r} (an overrides entry): expected key.path=value, e.g. --set train.lr=1e-4"], "--set"
+        )
     key, _, value = text.partition("=")
     path = [p for p in key.strip().split(".") if p]
     if not path:
-        raise ConfigError([f"--set {text!r}: no key before '='; e.g. --set train.lr=1e-4"], "--set")
+        raise ConfigError(
+            [f"--set {text!r} (an overrides entry): no key before '='; e.g. --set train.lr=1e-4"], "--set"
+        )
     return path, yaml.safe_load(value) if value.strip() else None
 
 

@@ -9,7 +9,10 @@ import typer
 from loraforge.config import Config, load_config
 
 SET_OPTION = typer.Option(
-    None, "--set", help="Override a config key, typed by its field: --set train.lr=1e-4 (repeatable)."
+    None,
+    "--set",
+    help="Override a config key, typed by its field: --set train.lr=1e-4 (repeatable). "
+    "Each key's default and why: `loraforge config explain KEY`.",
 )
 
 

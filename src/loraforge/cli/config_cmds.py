@@ -1,7 +1,8 @@
-"""`loraforge init` and `loraforge config check|docs`."""
+"""`loraforge init` and `loraforge config check|docs|explain`."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import typer
@@ -10,7 +11,7 @@ from rich.syntax import Syntax
 
 from loraforge.cli.common import SET_OPTION, load
 from loraforge.config import validate_config
-from loraforge.config_text import reference_markdown, render_yaml
+from loraforge.config_text import reference_markdown, reference_rows, render_yaml
 from loraforge.errors import ConfigError
 from loraforge.files import write_text_atomic
 from loraforge.recipe import DEFAULT_BASE
@@ -59,6 +60,28 @@ def docs(out: Path | None = typer.Option(None, help="Write to this file instead 
         typer.echo(text, nl=False)
     else:
         write_text_atomic(out, text)
+
+
+@config_app.command("explain")
+def explain(
+    key: str | None = typer.Argument(None, help="A key (train.lr) or a section (train); none: every key."),
+) -> None:
+    """Print each config key's type, default and why the recipe chose it (the source of docs/config.md)."""
+    rows = reference_rows()
+    chosen = [r for r in rows if key is None or r.key == key or r.section == key]
+    if not chosen:
+        sections = sorted({r.section for r in rows if r.section})
+        raise ConfigError(
+            [
+                f"no config key or section {key!r}; sections: {', '.join(sections)} "
+                "(`loraforge config explain` lists every key)"
+            ],
+            "config explain",
+        )
+    for row in chosen:
+        console.print(f"[bold]{row.key}[/] ({row.type_name}, default {row.default.strip('`')})", highlight=False)
+        width = min(console.width, 100)
+        console.print(textwrap.fill(row.why, width, initial_indent="  ", subsequent_indent="  "), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

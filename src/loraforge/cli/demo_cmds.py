@@ -66,8 +66,10 @@ def _base(payload: dict[str, Any]) -> None:
         f"loaded in {payload['load_seconds']:.1f}s\n[dim]fingerprint {card.fingerprint}[/]"
     )
     if payload.get("asked", "auto") != "auto":
-        console.print(f"precision: {payload['dtype']} base, fp32 adapters (train.precision={payload['asked']}: "
-                      "training and the gate run in it)")
+        console.print(
+            f"precision: {payload['dtype']} base, fp32 adapters (train.precision={payload['asked']}: "
+            "training and the gate run in it)"
+        )
     elif payload.get("dtype") == "bf16":
         console.print(f"precision: bf16 base, fp32 adapters ({payload.get('device', 'cpu')} has fast bf16)")
     elif payload.get("device") == "cuda":
@@ -188,7 +190,8 @@ def _time(seconds: dict[str, Any]) -> None:
     roles = ", ".join(f"{role} {_clock(s)}" for role, s in seconds["gate_roles"].items())
     console.print(
         f"\nthe demo took {_clock(seconds['total'])}: base {_clock(seconds['base'])}, data {_clock(seconds['data'])}, "
-        f"training {_clock(seconds['training'])}, gate {_clock(seconds['gate'])}" + (f" ({roles})" if roles else "")
+        f"training {_clock(seconds['training'])}, gate {_clock(seconds['gate'])}"
+        + (f" ({roles})" if roles else "")
         + (f", serve {_clock(seconds['serve'])}" if seconds.get("serve") else "")
     )
 

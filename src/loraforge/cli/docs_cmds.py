@@ -1,4 +1,5 @@
-"""`loraforge docs cli [--out FILE]`: docs/cli.md, every command's `--help` rendered as plain Markdown."""
+"""`loraforge docs cli [--out FILE]`: docs/cli.md, every command's `--help` rendered as plain Markdown;
+`loraforge docs manifest-fields`: the field table of docs/manifest.md, from the manifest's schema."""
 
 from __future__ import annotations
 
@@ -66,5 +67,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(text, nl=False)
         else:
             write_text_atomic(out, text)
+
+    @docs_app.command("manifest-fields")
+    def manifest_fields() -> None:
+        """Print docs/manifest.md's field table (Markdown), generated from the manifest schema's descriptions."""
+        from loraforge.models.manifest import manifest_field_table  # loraforge.models imports torch: --help must not
+
+        typer.echo(manifest_field_table(), nl=False)
 
     app.add_typer(docs_app, name="docs")

@@ -40,13 +40,15 @@ def serve_command(
         None, "--pub", help="Public key (PEM): every adapter's model.sig must verify against it, else it is refused."
     ),
     engine: EngineChoice = typer.Option(
-        EngineChoice.builtin, "--engine",
+        EngineChoice.builtin,
+        "--engine",
         help="builtin: continuous batching with mixed adapters in one forward; peft: one request at a time "
         "through PEFT set_adapter (the benchmark baseline); vllm: a vLLM server on loopback behind loraforge "
         "(make setup-vllm).",
     ),  # fmt: skip
     engine_url: str | None = typer.Option(
-        None, "--engine-url",
+        None,
+        "--engine-url",
         help="With --engine vllm: attach to this running vLLM (started with --enable-lora, --served-model-name "
         "base, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; its --api-key in $LORAFORGE_VLLM_API_KEY) instead of "
         "starting one.",
@@ -58,13 +60,16 @@ def serve_command(
         None, "--state-dir", help="Where completions and feedback are kept (default $LORAFORGE_HOME/serve)."
     ),
     dtype: DtypeOption = typer.Option(
-        DtypeOption.fp32, "--dtype",
+        DtypeOption.fp32,
+        "--dtype",
         help="Base weights: fp32 (a batched answer equals the same request alone), bf16 (faster on CPUs with "
         "avx512_bf16/AMX and on GPUs; batched greedy answers may differ from alone by rounding), auto (bf16 "
         "where the hardware runs it fast).",
     ),  # fmt: skip
     threads: int | None = typer.Option(
-        None, "--threads", min=1,
+        None,
+        "--threads",
+        min=1,
         help="CPU threads for the engine's math (default: torch's, one per core). 1 on a CPU shared with other "
         "busy processes: threads that wait for a busy core stall every decode step.",
     ),  # fmt: skip

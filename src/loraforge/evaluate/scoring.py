@@ -130,27 +130,6 @@ def cases_from_records(
     return cases
 
 
-def generate_answers(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    cases: Sequence[Case],
-    batch_size: int,
-    desc: str,
-    chat_template: str | None = None,
-) -> list[str]:
-    """Greedy answers in case order, each to its end or max_new_tokens; cases sharing max_new_tokens
-    are batched together."""
-    answers: dict[int, str] = {}
-    lengths = [len(prompt_ids(tokenizer, case, chat_template)) for case in cases]
-    for budget, chunk in tqdm(_batches(cases, batch_size, lengths), desc=desc, unit="batch", disable=None):
-        conversations = [list(cases[i].prompt) for i in chunk]
-        outs = generate_chat(
-            model, tokenizer, conversations, max_new_tokens=budget, batch_size=len(chunk), chat_template=chat_template
-        )
-        answers.update(zip(chunk, outs, strict=True))
-    return [answers[i] for i in range(len(cases))]
-
-
 def answer_and_score(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,

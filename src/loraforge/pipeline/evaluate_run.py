@@ -81,7 +81,9 @@ def evaluate_run(
     """Run the gate on OUTPUT/adapter (or adapter_dir) and write OUTPUT/eval/report.*."""
     adapter_dir = adapter_dir or config.output / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise EvalError(f"{adapter_dir}: no adapter to gate; run `loraforge train` first or pass --adapter DIR")
+        raise EvalError(
+            f"{adapter_dir}: no adapter to gate; run `loraforge train` first or pass --adapter DIR (adapter_dir=DIR)"
+        )
     golden, current = read_golden(config)
     notes: list[str] = []
     info: dict[str, Any] = {"adapter": str(adapter_dir), "golden": None}

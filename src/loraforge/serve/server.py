@@ -78,28 +78,38 @@ class BuiltServer:
     adapters: list[str]
 
 
+def _option(field_name: str, value: object) -> str:
+    """`max_loaded=0 (--max-loaded)`: the ServeOptions field a Python caller sets and the flag a CLI user passes."""
+    return f"{field_name}={value!r} (--{field_name.replace('_', '-')})"
+
+
 def check_options(options: ServeOptions) -> None:
     """Every problem with the flags at once, before anything heavy loads."""
     problems = []
     if not options.registry.is_dir():
         problems.append(
-            f"--registry {options.registry}: no such directory; pass the registry adapters were published to"
+            f"{_option('registry', options.registry)}: no such directory; pass the registry adapters were published to"
         )
     if not options.tenants.is_file():
-        problems.append(f"--tenants {options.tenants}: no such file; create it with `loraforge tenants add NAME`")
+        problems.append(
+            f"{_option('tenants', options.tenants)}: no such file; create it with `loraforge tenants add NAME`"
+        )
     if not 0 <= options.port <= 65535:
-        problems.append(f"--port {options.port}: must be 0..65535 (0: any free port)")
+        problems.append(f"{_option('port', options.port)}: must be 0..65535 (0: any free port)")
     if options.max_loaded < 1:
-        problems.append(f"--max-loaded {options.max_loaded}: must be at least 1")
+        problems.append(f"{_option('max_loaded', options.max_loaded)}: must be at least 1")
     if options.threads is not None and options.threads < 1:
-        problems.append(f"--threads {options.threads}: must be at least 1")
+        problems.append(f"{_option('threads', options.threads)}: must be at least 1")
     if options.engine_url is not None and options.engine != "vllm":
-        problems.append(f"--engine-url {options.engine_url}: only --engine vllm attaches to a server; add it")
+        problems.append(
+            f"{_option('engine_url', options.engine_url)}: only --engine vllm (engine='vllm') attaches to a "
+            "server; add it"
+        )
     if options.engine_url is not None and not options.engine_url.startswith(("http://", "https://")):
-        problems.append(f"--engine-url {options.engine_url}: must be an http:// or https:// URL")
+        problems.append(f"{_option('engine_url', options.engine_url)}: must be an http:// or https:// URL")
     if options.max_lora_rank not in VLLM_MAX_LORA_RANKS:
         allowed = ", ".join(str(v) for v in VLLM_MAX_LORA_RANKS)
-        problems.append(f"--max-lora-rank {options.max_lora_rank}: vLLM accepts only {allowed}")
+        problems.append(f"{_option('max_lora_rank', options.max_lora_rank)}: vLLM accepts only {allowed}")
     if problems:
         raise LoraforgeError("loraforge serve: " + "; ".join(problems))
     if options.public_key is not None:

@@ -158,11 +158,6 @@ def verify_adapter(adapter_dir: Path, public_key: Path) -> VerifyResult:
     return VerifyResult(adapter_dir, signature, tuple(sorted(_signed_digests(signature))), key_id)
 
 
-def signed_files(adapter_dir: Path) -> dict[str, str]:
-    """The file -> sha256 list inside `adapter_dir/model.sig`, read without checking the signature."""
-    return _signed_digests(adapter_dir / SIGNATURE_NAME)
-
-
 def _classify(exc: ValueError, adapter_dir: Path, signature: Path, public_key: Path, key_id: str) -> SignatureError:
     text = str(exc)
     if text.startswith("Signature mismatch"):

@@ -88,7 +88,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"No route {request.method} {request.url.path}; see /docs for the API."
         return error_response(
             ApiError(
-                exc.status_code, message, code=_STATUS_CODES.get(exc.status_code),
+                exc.status_code,
+                message,
+                code=_STATUS_CODES.get(exc.status_code),
                 headers=dict(exc.headers) if exc.headers else None,
             )  # fmt: skip
         )
