@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import LLAMA3_STYLE_TEMPLATE, save_tiny_base
 
 from loraforge.cli import main
+from loraforge.config import DataSpec
 from loraforge.data.records import read_records
 from loraforge.errors import DataError
-from loraforge.models import LoadedBase, load_base
+from loraforge.models import LoadedBase, load_base, load_tokenizer
 from loraforge.models.generate import generate_chat_finished
 from loraforge.pipeline.distill import distill, read_prompts
-from loraforge.pipeline.replay import BUILTIN_DIR, PROMPTS
+from loraforge.pipeline.replay import BUILTIN_DIR, PROMPTS, resolve_replay
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "support_tickets"
 PROBES = Path(__file__).parents[1] / "src" / "loraforge" / "evaluate" / "probes"
@@ -25,10 +27,15 @@ def _write(path: Path, rows: list[object]) -> Path:
     return path
 
 
-def _one_word_then_stop(base: LoadedBase, conversation: list[dict[str, str]]) -> LoadedBase:
-    """Make greedy write one visible token for this conversation and end there: zero the head rows
-    of the whitespace tokens it would pick first, then make its first visible token a stop token."""
-    ids = base.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt")
+def _one_word_then_stop(
+    base: LoadedBase, conversation: list[dict[str, str]], chat_template: str | None = None
+) -> LoadedBase:
+    """Make greedy write one visible token for this conversation (prompted in `chat_template`, None:
+    the tokenizer's own) and end there: zero the head rows of the whitespace tokens it would pick
+    first, then make its first visible token a stop token."""
+    ids = base.tokenizer.apply_chat_template(
+        conversation, chat_template=chat_template, add_generation_prompt=True, return_tensors="pt"
+    )
     ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
     head = base.model.get_output_embeddings().weight
     with torch.no_grad():
@@ -125,3 +132,34 @@ def test_bundled_replay_rows_are_training_rows_disjoint_from_probes_and_golden()
     assert not asked & tested
     prompts = {p.id for p in read_prompts(PROMPTS)}
     assert {r.id for r in replay.records} <= prompts
+
+
+def test_distill_and_builtin_replay_prompt_in_the_runs_data_template(tmp_path: Path) -> None:
+    """A base that ends its turn only when prompted in the Llama-3-style template: `loraforge distill
+    --template` and data.replay=builtin with data.template get its answer; its own ChatML template
+    gets none (the answer runs to the budget and is dropped)."""
+    question = "What is the capital of France?"
+    base = load_base(str(save_tiny_base(tmp_path / "random", seed=2)))
+    stopping = _one_word_then_stop(base, [{"role": "user", "content": question}], LLAMA3_STYLE_TEMPLATE)
+    base_dir = tmp_path / "stops-in-llama3"
+    stopping.model.save_pretrained(base_dir)  # generation_config.json keeps the new stop token
+    stopping.tokenizer.save_pretrained(base_dir)
+    template = tmp_path / "llama3.jinja"
+    template.write_text(LLAMA3_STYLE_TEMPLATE, encoding="utf-8")
+    prompts = _write(tmp_path / "prompts.jsonl", [{"id": "france", "prompt": question}])
+
+    own, chosen = tmp_path / "own.jsonl", tmp_path / "chosen.jsonl"
+    assert main(["distill", str(prompts), "--out", str(own), "--base", str(base_dir)]) == 0
+    assert (
+        main(["distill", str(prompts), "--out", str(chosen), "--base", str(base_dir), "--template", str(template)]) == 0
+    )
+    assert own.read_text() == ""
+    [row] = [json.loads(line) for line in chosen.read_text().splitlines()]
+    assert row["id"] == "france" and row["messages"][-1]["role"] == "assistant" and row["messages"][-1]["content"]
+
+    tokenizer = load_tokenizer(str(base_dir))
+    spec = DataSpec(train=tmp_path / "t.jsonl")
+    assert resolve_replay(spec, str(base_dir), tokenizer, prompts=prompts).replay is None
+    resolved = resolve_replay(spec.model_copy(update={"template": template}), str(base_dir), tokenizer, prompts=prompts)
+    assert isinstance(resolved.replay, Path)
+    assert [json.loads(line) for line in resolved.replay.read_text().splitlines()] == [row]

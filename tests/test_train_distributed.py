@@ -53,12 +53,30 @@ def run_worker(base_dir: Path, out: Path, replay_kl: float | None, dropout: floa
         same = [plan.train_rows[0]] * len(plan.train_rows)
         plan = BatchPlan(same, plan.eval_rows, plan.collate, micro, seed=0, world_size=world, rank=rank)
     spec = TrainSpec(**{**SPEC, "micro_batch_size": micro, "replay_kl": replay_kl})
+    if dropout:
+        _record_first_mask(out / f"mask-{rank}.json")
     result = train(model, plan, spec, out, identity={}, accelerator=accelerator)
     if accelerator.is_main_process:
         records = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
         kls = [r["replay_kl"] for r in records if "replay_kl" in r]
         losses = {"train": result.train_losses, "eval": result.eval_losses, "world": world, "replay_kl": kls}
         (out / "losses.json").write_text(json.dumps(losses))
+
+
+def _record_first_mask(path: Path) -> None:
+    """Write the first dropout mask the training forward draws (train.fused_lora.keep_mask, which
+    the fused LoRA layer calls for its dropout): True where an element is kept."""
+    from loraforge.train import fused_lora
+
+    draw = fused_lora.keep_mask
+
+    def recording(shape: Any, p: float, device: Any) -> Any:
+        keep, probability = draw(shape, p, device)
+        if not path.exists():
+            path.write_text(json.dumps(keep.flatten().tolist()))
+        return keep, probability
+
+    fused_lora.keep_mask = recording
 
 
 def _free_port() -> int:
@@ -101,14 +119,19 @@ def _two_processes() -> list[str]:
     return accelerate + ["--main_process_port", str(_free_port())]
 
 
-def test_each_process_draws_its_dropout_masks_from_its_own_rng_stream(tiny_base_dir: Path, tmp_path: Path) -> None:
+def test_each_process_draws_its_own_dropout_masks(tiny_base_dir: Path, tmp_path: Path) -> None:
     """The adapter init is the same on every process; the RNG that draws dropout masks is not
-    (seed + rank), so two processes do not drop the same units of their rows."""
+    (seed + rank): fed the same rows, two processes drop different units, and each resumes its own
+    RNG stream from the checkpoint."""
     _launch(_two_processes(), tiny_base_dir, tmp_path, None, dropout=0.1)
+    masks = [json.loads((tmp_path / f"mask-{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(masks[0]) == len(masks[1]) > 1000
+    dropped = [1 - sum(mask) / len(mask) for mask in masks]
+    assert all(0.05 < share < 0.15 for share in dropped), dropped  # dropout 0.1 ran on each process
+    assert masks[0] != masks[1]
     newest = max((tmp_path / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
     per_rank = json.loads((newest / "rng.json").read_text())
-    assert len(per_rank) == 2
-    assert per_rank[0]["torch"] != per_rank[1]["torch"]
+    assert len(per_rank) == 2 and per_rank[0]["torch"] != per_rank[1]["torch"]
 
 
 if __name__ == "__main__":
