@@ -6,6 +6,9 @@ PackedSequence   several examples packed into one training row, positions restar
                  or continuing behind one shared copy of the prefix they all begin with
 PreparedData     train/eval examples, the golden records, the resolved max_seq_len, the report and
                  the chat template the rows were rendered with
+PairRecord       a validated preference row (train.method: dpo): a prompt conversation, a chosen and
+                 a rejected assistant answer
+TokenizedPair    one rendered pair: the prompt's tokens and each answer's tokens after it
 """
 
 from __future__ import annotations
@@ -68,6 +71,41 @@ class PackedSequence:
     lengths: tuple[int, ...]  # tokens of each packed example in this row, in order (after the prefix)
     replay: tuple[bool, ...] = ()  # per packed example, aligned with lengths; () means no replay example
     prefix_len: int = 0  # tokens of the shared prefix at the start of the row (0: none)
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """A validated preference row: `prompt` ends on a user turn; `chosen` and `rejected` are the two
+    assistant answers to it, non-empty and different."""
+
+    source: Path
+    line: int  # 1-based line in `source`
+    prompt: tuple[Message, ...]
+    chosen: str
+    rejected: str
+    id: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.source.name} line {self.line}"
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A pair rendered in the run's chat template: `prompt_ids` is the generation prompt (the template
+    with add_generation_prompt), each answer's ids are what the template renders after it for that
+    assistant turn (its end-of-turn tokens included). Every answer token carries loss; no prompt token does."""
+
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    line: int
+    truncated: bool = False  # prompt tokens were cut from the left to fit max_seq_len
+
+    @property
+    def length(self) -> int:
+        """Tokens of the longer side, prompt included: what max_seq_len bounds."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
 
 
 @dataclass
