@@ -160,7 +160,39 @@ class LoraSpec(Section):
         return value
 
 
+class DpoSpec(Section):
+    """train.method: dpo. The losses and their hyperparameters (loraforge.train.preference)."""
+
+    loss: Literal["sigmoid", "simpo"] = Field(
+        default="sigmoid",
+        description="sigmoid: DPO (Rafailov et al. 2023), against the reference policy (where the run starts: "
+        "the base, or train.init_adapter); simpo: SimPO (Meng et al. 2024), reference-free, on the answers' mean "
+        "token log-probabilities",
+    )
+    beta: float | None = Field(
+        default=None,
+        gt=0,
+        description="how far the policy may move: the loss's scale on the reward margin; unset: 0.1 for sigmoid "
+        "(the DPO paper's), 2.0 for simpo (the SimPO paper's range is 2-2.5)",
+    )
+    simpo_gamma: float = Field(
+        default=1.0,
+        ge=0,
+        description="simpo only: the target margin between chosen and rejected; 1.0 with beta 2.0 is the SimPO "
+        "paper's gamma/beta ratio of 0.5",
+    )
+
+    @property
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else (0.1 if self.loss == "sigmoid" else 2.0)
+
+
 class TrainSpec(Section):
+    method: Literal["sft", "dpo"] = Field(
+        default="sft",
+        description="sft: learn the answers in data.train; dpo: learn from preference pairs "
+        '({"prompt", "chosen", "rejected"} rows, docs/training.md#preference-round), as train.dpo says',
+    )
     epochs: float = Field(
         default=recipe.DEFAULT_EPOCHS, gt=0, le=100, description=_why("train.epochs", "passes over the training rows")
     )
@@ -234,6 +266,7 @@ class TrainSpec(Section):
         "next-token distribution there, not only its greedy answer; costs one extra no-grad base forward "
         "over the rows holding replay examples; unset: off",
     )
+    dpo: DpoSpec = Field(default_factory=DpoSpec)
     log_every: int = Field(default=1, gt=0, description="optimizer steps between train-loss log lines")
     log_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list, description="extra metric writers besides metrics.jsonl"

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from loraforge.config import Config, DataSpec, EvalSpec, LoraSpec, ShipSpec, TrainSpec
+from loraforge.config import Config, DataSpec, DpoSpec, EvalSpec, LoraSpec, ShipSpec, TrainSpec
 
 
 def to_plain(config: BaseModel) -> dict[str, Any]:
@@ -70,6 +70,7 @@ REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("data", DataSpec),
     ("lora", LoraSpec),
     ("train", TrainSpec),
+    ("train.dpo", DpoSpec),
     ("eval", EvalSpec),
     ("ship", ShipSpec),
 ]

@@ -46,6 +46,7 @@ from loraforge.train.loss import TokenLossSum, anchored_tokens, mean_replay_kl
 from loraforge.train.metrics import MetricsLog
 from loraforge.train.optim import build_optimizer, build_scheduler, trainable_parameters
 from loraforge.train.plot import plot_losses
+from loraforge.train.preference import STAT_NAMES, PreferenceLoss, mean_stats
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,8 @@ class _Run:
     """Everything one training run holds, so the helpers below take one argument, not ten."""
 
     model: PeftModel
-    loss_module: torch.nn.Module  # TokenLossSum, DDP-wrapped when several processes run
-    loss_sum: TokenLossSum  # the same module unwrapped: its last_kl_sum is read after each forward
+    loss_module: torch.nn.Module  # TokenLossSum or PreferenceLoss, DDP-wrapped when several processes run
+    loss_sum: TokenLossSum | PreferenceLoss  # the same module unwrapped: its last_kl_sum / last_stats are read
     batches: BatchPlan
     spec: TrainSpec
     plan: StepPlan
@@ -172,8 +173,9 @@ def train(
         last = state.step == plan.total_steps
         if state.step % spec.log_every == 0 or last:
             kl = {"replay_kl": stats.replay_kl} if stats.replay_kl is not None else {}  # mean KL per anchored token
+            pairs = stats.preference or {}  # dpo: margin, accuracy, chosen_drift, rejected_drift per pair
             run.metrics.log("train", state.step, epoch=round(state.epoch, 4), loss=stats.loss,
-                            grad_norm=stats.grad_norm, **kl, lr=run.scheduler.get_last_lr()[0],
+                            grad_norm=stats.grad_norm, **kl, **pairs, lr=run.scheduler.get_last_lr()[0],
                             tokens_per_s=round(run.tokens_per_s, 1))  # fmt: skip
         improved = False
         if state.step % plan.eval_every_steps == 0 or last:
@@ -210,7 +212,11 @@ def _setup(
         base = cast(PreTrainedModel, model.get_base_model())
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     fuse_lora_layers(model)  # same math as PEFT's forward, fewer elementwise passes (docs/PERFORMANCE.md)
-    loss_sum = TokenLossSum(model, replay_kl=spec.replay_kl)
+    loss_sum: TokenLossSum | PreferenceLoss
+    if spec.method == "dpo":
+        loss_sum = PreferenceLoss(model, spec.dpo.loss, spec.dpo.resolved_beta, spec.dpo.simpo_gamma)
+    else:
+        loss_sum = TokenLossSum(model, replay_kl=spec.replay_kl)
     loss_module = accelerator.prepare_model(loss_sum)  # the base forward for the KL runs inside its forward
     optimizer = build_optimizer(model, spec, loraplus_lr_ratio)
     scheduler = build_scheduler(optimizer, spec, plan.total_steps)
@@ -224,10 +230,11 @@ def _setup(
 class StepStats:
     """What one optimizer step measured, over all its micro-batches and processes."""
 
-    loss: float  # mean token loss
+    loss: float  # mean loss per unit: per loss token (sft), per pair (dpo)
     grad_norm: float
     n_tokens: int  # tokens seen, padding excluded
     replay_kl: float | None  # mean KL per anchored token; None with train.replay_kl off or no anchored token
+    preference: dict[str, float] | None = None  # dpo: per-pair margin, accuracy, chosen and rejected drift
 
 
 def _optimizer_step(run: _Run, state: LoopState) -> StepStats:
@@ -237,7 +244,7 @@ def _optimizer_step(run: _Run, state: LoopState) -> StepStats:
     last = min(first + grad_accum(spec), run.plan.total_micro_batches)
     micro = run.batches.step_batches(first, last)
     counts = torch.tensor(
-        [sum(count_loss_tokens(b["labels"]) for b in micro), sum(_n_tokens(b) for b in micro), anchored_tokens(micro)]
+        [sum(run.loss_sum.units(b) for b in micro), sum(_n_tokens(b) for b in micro), anchored_tokens(micro)]
     )
     loss_tokens, n_tokens, anchored = (int(v) for v in accelerator.reduce(counts.to(accelerator.device), "sum"))
     # Every token of the optimizer step weighs the same: the sum over all micro-batches and processes
@@ -245,7 +252,9 @@ def _optimizer_step(run: _Run, state: LoopState) -> StepStats:
     # The replay KL is part of that sum, so it is normalised the same way. DDP averages gradients
     # over processes, hence the num_processes factor.
     scale = accelerator.num_processes / max(loss_tokens, 1)
-    sums = torch.zeros(2, device=accelerator.device)  # summed loss, summed replay KL
+    preference = isinstance(run.loss_sum, PreferenceLoss)
+    # summed loss, summed replay KL, then (dpo) the summed pair statistics of PreferenceLoss.last_stats
+    sums = torch.zeros(2 + (len(STAT_NAMES) if preference else 0), device=accelerator.device)
     for i, batch in enumerate(micro):
         sync = i == len(micro) - 1  # all-reduce gradients once, after the last micro-batch
         with contextlib.nullcontext() if sync else accelerator.no_sync(run.loss_module):
@@ -253,12 +262,15 @@ def _optimizer_step(run: _Run, state: LoopState) -> StepStats:
             (summed * scale).backward()
         sums[0] += summed.detach()
         sums[1] += run.loss_sum.last_kl_sum.to(sums.device)
+        if isinstance(run.loss_sum, PreferenceLoss):
+            sums[2:] += run.loss_sum.last_stats.to(sums.device)
     grad_norm = accelerator.clip_grad_norm_(trainable_parameters(run.model), spec.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    total, kl_total = accelerator.reduce(sums, reduction="sum").tolist()
+    total, kl_total, *pair_sums = accelerator.reduce(sums, reduction="sum").tolist()
     replay_kl = mean_replay_kl(kl_total, anchored) if spec.replay_kl is not None else None
-    return StepStats(total / max(loss_tokens, 1), float(grad_norm), n_tokens, replay_kl)
+    pairs = mean_stats(pair_sums, loss_tokens) if preference else None
+    return StepStats(total / max(loss_tokens, 1), float(grad_norm), n_tokens, replay_kl, pairs)
 
 
 def _n_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -284,22 +296,37 @@ def _guard(loss: float, grad_norm: float, step: int, spec: TrainSpec) -> None:
 
 @torch.no_grad()
 def evaluate_loss(loss_module: torch.nn.Module, batches: BatchPlan, accelerator: Accelerator) -> float:
-    """Mean token loss over the eval rows (summed over all processes, then divided by the token count)."""
+    """Mean loss per unit over the eval rows: per loss token (sft), per pair (dpo); summed over all
+    processes, then divided by the count."""
+    return evaluate(loss_module, batches, accelerator)[0]
+
+
+@torch.no_grad()
+def evaluate(
+    loss_module: torch.nn.Module, batches: BatchPlan, accelerator: Accelerator
+) -> tuple[float, dict[str, float]]:
+    """evaluate_loss and, for a PreferenceLoss, the eval pairs' mean statistics (accuracy: the share of
+    held-out pairs where the policy prefers the chosen answer more than the reference does)."""
     was_training = loss_module.training
     loss_module.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     module = accelerator.unwrap_model(loss_module)  # no DDP hooks: eval has no backward
+    preference = isinstance(module, PreferenceLoss)
+    totals = torch.zeros(
+        2 + (len(module.last_stats) if preference else 0), dtype=torch.float64, device=accelerator.device
+    )
     for batch in batches.eval_batches():
         totals[0] += module(**{k: v.to(accelerator.device) for k, v in batch.items()}).double()
-        totals[1] += count_loss_tokens(batch["labels"])
+        totals[1] += module.units(batch) if isinstance(module, PreferenceLoss) else count_loss_tokens(batch["labels"])
+        if isinstance(module, PreferenceLoss):
+            totals[2:] += module.last_stats.to(totals.device).double()
     loss_module.train(was_training)
-    summed, count = accelerator.reduce(totals, reduction="sum").tolist()
-    return summed / max(count, 1.0)
+    summed, count, *pair_sums = accelerator.reduce(totals, reduction="sum").tolist()
+    return summed / max(count, 1.0), mean_stats(pair_sums, int(count)) if preference else {}
 
 
 def _evaluate_and_track(run: _Run, state: LoopState) -> tuple[bool, str | None]:
     """Eval, update best/patience, redraw loss.png; return (improved, early-stop reason or None)."""
-    eval_loss = evaluate_loss(run.loss_module, run.batches, run.accelerator)
+    eval_loss, pair_stats = evaluate(run.loss_module, run.batches, run.accelerator)
     state.eval_losses.append((state.step, eval_loss))
     improved = state.best_eval_loss is None or eval_loss < state.best_eval_loss
     if improved:
@@ -307,7 +334,8 @@ def _evaluate_and_track(run: _Run, state: LoopState) -> tuple[bool, str | None]:
     else:
         state.evals_since_best += 1
     if run.accelerator.is_main_process:
-        run.metrics.log("eval", state.step, epoch=round(state.epoch, 4), eval_loss=eval_loss, best=improved)
+        held_out = {f"eval_{name}": value for name, value in pair_stats.items()}  # dpo: eval_accuracy, ...
+        run.metrics.log("eval", state.step, epoch=round(state.epoch, 4), eval_loss=eval_loss, best=improved, **held_out)
         plot_losses(run.metrics.records, run.out_dir / "loss.png", best_step=state.best_step)
     patience = run.spec.early_stopping_patience
     if patience and state.evals_since_best >= patience:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 
+from loraforge.data import count_loss_tokens
 from loraforge.data.types import IGNORE_INDEX
 from loraforge.models.forward import logits_at_labels
 
@@ -33,6 +34,11 @@ class TokenLossSum(nn.Module):
         self.model = model
         self.replay_kl = replay_kl
         self.last_kl_sum = torch.zeros(())
+
+    @staticmethod
+    def units(batch: dict[str, torch.Tensor]) -> int:
+        """Loss tokens in a batch: what the summed loss is a sum over."""
+        return count_loss_tokens(batch["labels"])
 
     def forward(
         self,
