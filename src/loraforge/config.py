@@ -166,7 +166,7 @@ class DpoSpec(Section):
     loss: Literal["sigmoid", "simpo"] = Field(
         default="sigmoid",
         description="sigmoid: DPO (Rafailov et al. 2023), against the reference policy (where the run starts: "
-        "the base, or train.init_adapter); simpo: SimPO (Meng et al. 2024), reference-free, on the answers' mean "
+        "the base with a fresh adapter); simpo: SimPO (Meng et al. 2024), reference-free, on the answers' mean "
         "token log-probabilities",
     )
     beta: float | None = Field(
@@ -191,7 +191,8 @@ class TrainSpec(Section):
     method: Literal["sft", "dpo"] = Field(
         default="sft",
         description="sft: learn the answers in data.train; dpo: learn from preference pairs "
-        '({"prompt", "chosen", "rejected"} rows, docs/training.md#preference-round), as train.dpo says',
+        '({"prompt", "chosen", "rejected"} rows, docs/training.md#preference-round), as train.dpo says, '
+        "without LoRA dropout (a pair's log-probabilities and their reference must come from one function)",
     )
     epochs: float = Field(
         default=recipe.DEFAULT_EPOCHS, gt=0, le=100, description=_why("train.epochs", "passes over the training rows")
@@ -427,9 +428,9 @@ def _cross_section_problems(raw: dict[str, Any]) -> list[str]:
     """Settings that are valid alone but not together; read from the raw mapping, like _missing_files,
     so they are reported beside every other problem."""
     data, lora, train = (_raw_section(raw, name) for name in ("data", "lora", "train"))
+    problems = _preference_problems(lora, train) if train.get("method") == "dpo" else []
     if train.get("replay_kl") is None:
-        return []
-    problems = []
+        return problems
     if "replay" in data and data["replay"] is None:
         problems.append(
             "train.replay_kl: anchors replay rows to the base, but data.replay is not set; "
@@ -440,6 +441,25 @@ def _cross_section_problems(raw: dict[str, Any]) -> list[str]:
             "train.replay_kl: lora.variant=pissa moves the adapter's starting weights out of the base, so the "
             "base with its adapter switched off is not the base the KL must anchor to; use another "
             "lora.variant or remove train.replay_kl"
+        )
+    return problems
+
+
+def _preference_problems(lora: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    """What train.method: dpo does not support (yet), each with its fix."""
+    problems = []
+    if train.get("replay_kl") is not None:
+        problems.append(
+            "train.replay_kl: anchors SFT replay rows, and train.method=dpo trains on pairs only: remove it"
+        )
+    if train.get("order") == "balanced":
+        problems.append(
+            "train.order: balanced orders SFT rows by their tokens; train.method=dpo shuffles pairs: remove it"
+        )
+    if lora.get("variant") == "pissa":
+        problems.append(
+            "lora.variant: pissa moves the base's weights into the adapter, and train.method=dpo does not export "
+            "that back to plain LoRA yet; use lora, dora, rslora, loraplus or qlora"
         )
     return problems
 

@@ -16,6 +16,7 @@ from loraforge.config import Config
 from loraforge.evaluate import GateReport
 from loraforge.models import read_manifest, write_manifest
 from loraforge.pipeline.evaluate_run import evaluate_run
+from loraforge.pipeline.preference_run import run_preference_training
 from loraforge.pipeline.train_run import TrainRun, run_training
 from loraforge.ship.card import write_model_card
 from loraforge.ship.signing import SIGNATURE_NAME, SigningKey, sign_adapter, signing_key
@@ -34,7 +35,8 @@ class RunOutcome:
 
 def train_and_gate(config: Config, *, resume: bool = False, accelerator: Accelerator | None = None) -> RunOutcome:
     key = signing_key(config.ship)  # a missing key or password fails now, not after training
-    run = run_training(config, resume=resume, accelerator=accelerator)
+    training = run_preference_training if config.train.method == "dpo" else run_training
+    run = training(config, resume=resume, accelerator=accelerator)
     if not (config.eval.gate and run.main_process):
         return RunOutcome(run, None)
     report = evaluate_run(config, adapter_dir=run.adapter_dir)

@@ -230,16 +230,9 @@ def build_manifest(
     """OUTPUT/adapter/loraforge.json as training writes it (eval: null until the gate fills it);
     every key is in loraforge/models/manifest.schema.json and docs/manifest.md."""
     report = data.report
-    hub_id, license_id = public_base(config.base)
     return {
         "created_at": utc_timestamp(),
-        "base": {
-            "spec": config.base,
-            "fingerprint": base.fingerprint,
-            "dtype": str(base.dtype).removeprefix("torch."),
-            "hub_id": hub_id,
-            "license": license_id,
-        },
+        "base": base_section(config, base),
         "lora": {**to_plain(config.lora), "target_modules": sorted(target_modules)},
         # the template the rows were rendered with: the gate and serving prompt in it (docs/training.md)
         "chat_template": {"text": data.chat_template, "sha256": template_sha256(data.chat_template)},
@@ -253,21 +246,38 @@ def build_manifest(
         "seed": config.train.seed,
         "config": to_plain(config),
         "versions": library_versions(),
-        "training": {
-            "final_step": result.final_step,
-            "total_steps": result.total_steps,
-            "best_step": result.best_step,
-            "best_eval_loss": result.best_eval_loss,
-            "eval_losses": [{"step": s, "loss": loss} for s, loss in result.eval_losses],
-            "tokens_per_second": round(result.tokens_per_s, 1),
-            "wall_seconds": round(wall_seconds, 2),
-            "stop_reason": result.stop_reason,
-            "micro_batch_size": step.micro_batch_size,
-            "grad_accum": step.grad_accum,
-            "examples_per_step": round(step.examples_per_step, 2),
-            "resumed_from": result.resumed_from,
-        },
+        "training": training_section(result, step, wall_seconds),
         "eval": None,  # filled by the eval gate
+    }
+
+
+def base_section(config: Config, base: LoadedBase) -> dict[str, Any]:
+    """The manifest's base: what the adapter was trained on, identified by its fingerprint."""
+    hub_id, license_id = public_base(config.base)
+    return {
+        "spec": config.base,
+        "fingerprint": base.fingerprint,
+        "dtype": str(base.dtype).removeprefix("torch."),
+        "hub_id": hub_id,
+        "license": license_id,
+    }
+
+
+def training_section(result: TrainResult, step: StepSize, wall_seconds: float) -> dict[str, Any]:
+    """The manifest's training: steps, the best checkpoint, speed and the step size."""
+    return {
+        "final_step": result.final_step,
+        "total_steps": result.total_steps,
+        "best_step": result.best_step,
+        "best_eval_loss": result.best_eval_loss,
+        "eval_losses": [{"step": s, "loss": loss} for s, loss in result.eval_losses],
+        "tokens_per_second": round(result.tokens_per_s, 1),
+        "wall_seconds": round(wall_seconds, 2),
+        "stop_reason": result.stop_reason,
+        "micro_batch_size": step.micro_batch_size,
+        "grad_accum": step.grad_accum,
+        "examples_per_step": round(step.examples_per_step, 2),
+        "resumed_from": result.resumed_from,
     }
 
 
