@@ -48,7 +48,8 @@ def template_sha256(template: str) -> str:
     return sha256_text(template)
 
 
-def _render(tokenizer: Any, messages: list[Message], template: str | None, add_generation_prompt: bool) -> str:
+def render_text(tokenizer: Any, messages: list[Message], template: str | None, add_generation_prompt: bool) -> str:
+    """The conversation as the template writes it (text, not tokens)."""
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
     )
@@ -59,14 +60,14 @@ def render_chat(
     messages: tuple[Message, ...], tokenizer: Any, *, train_on: str = "all", chat_template: str | None = None
 ) -> tuple[str, list[Span]]:
     """The rendered conversation and the character span of each trained assistant turn."""
-    full = _render(tokenizer, list(messages), chat_template, add_generation_prompt=False)
+    full = render_text(tokenizer, list(messages), chat_template, add_generation_prompt=False)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if train_on == "last":
         turns = turns[-1:]
     spans: list[Span] = []
     for index in turns:
-        prefix = _render(tokenizer, list(messages[:index]), chat_template, add_generation_prompt=True)
-        through = _render(tokenizer, list(messages[: index + 1]), chat_template, add_generation_prompt=False)
+        prefix = render_text(tokenizer, list(messages[:index]), chat_template, add_generation_prompt=True)
+        through = render_text(tokenizer, list(messages[: index + 1]), chat_template, add_generation_prompt=False)
         if not (full.startswith(prefix) and full.startswith(through) and len(through) > len(prefix)):
             raise DataError(
                 "the chat template does not render a conversation's prefix as a prefix of the whole "

@@ -85,13 +85,19 @@ class DedupIndex:
         if key in self.exact:
             return Finding(0, self.exact[key], "exact"), signature or minhash(text)
         signature = signature or minhash(text)
-        best: int | None = None
-        for line in self.lsh.query(signature):
-            # LSH returns candidates; keep only those whose estimated Jaccard clears the threshold
-            estimate = float(np.mean(self.signatures[line] == signature.hashvalues.astype(np.uint32)))
-            if estimate >= self.threshold and (best is None or line < best):
-                best = line
-        return (Finding(0, best, "near") if best is not None else None), signature
+        lines = self.near(signature)
+        return (Finding(0, lines[0], "near") if lines else None), signature
+
+    def near(self, signature: MinHash) -> list[int]:
+        """Lines of every stored row whose estimated Jaccard with `signature` clears the threshold, in order."""
+        hashes = signature.hashvalues.astype(np.uint32)
+        # LSH returns candidates; keep only those whose estimated Jaccard clears the threshold
+        found = [
+            line
+            for line in self.lsh.query(signature)
+            if float(np.mean(self.signatures[line] == hashes)) >= self.threshold
+        ]
+        return sorted(found)
 
     def add(self, line: int, text: str, signature: MinHash) -> None:
         self.exact.setdefault(exact_key(text), line)

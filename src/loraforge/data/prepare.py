@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -40,6 +40,7 @@ DATA_CACHE_SUBDIR = "cache/data"  # under LORAFORGE_HOME: one cache for prepare,
 AUTO_PERCENTILE = 95  # max_seq_len auto: covers 95% of rows whole; the longest 5% lose prompt tokens
 SEQ_LEN_MULTIPLE = 64  # kernels and packing work in multiples of 64
 TOKENIZE_BATCH = 512  # rows per tokenizer call: the Rust tokenizer batches across cores
+T = TypeVar("T")
 
 
 @dataclass
@@ -71,7 +72,8 @@ def _read_all(spec: DataSpec) -> dict[str, ReadResult]:
     return results
 
 
-def _split(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+def split_held_out(records: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Hold out `fraction` of the rows for eval (at least 1, and at least 1 left to train), seeded."""
     if len(records) < 2:
         raise DataError(
             f"only {len(records)} usable train row(s) left; eval needs at least 1 held-out row and train 1; "
@@ -232,7 +234,7 @@ def _prepare_fresh(
         stage.dropped.update({"eval_leaked": len(eval_clean.leaked)} if eval_clean.leaked else {})
         train_records, eval_records = hygiene.kept, eval_clean.kept
     else:
-        train_records, eval_records = _split(hygiene.kept, spec.eval_fraction, seed)
+        train_records, eval_records = split_held_out(hygiene.kept, spec.eval_fraction, seed)
     if "replay" in read:  # mixed into training only: eval loss keeps measuring the task
         replay = clean_records(
             read["replay"].records, threshold=spec.near_dup_threshold, dedup=spec.dedup, golden=index

@@ -64,7 +64,7 @@ def read_records(path: Path, *, on_error: str = "strict", max_row_chars: int, go
             if decode_problem is not None:
                 raise RowProblem("not_utf8", decode_problem)
             record = parse_row(raw, path, line_no, max_row_chars=max_row_chars, golden=golden)
-            _check_unique_id(record, seen_ids)
+            check_unique_id(record.id, line_no, seen_ids)
         except RowProblem as problem:
             reasons[problem.reason] += 1
             result.problems.append(f"{path.name} line {line_no}: {problem.message}")
@@ -107,16 +107,25 @@ def read_lines(path: Path, digest: Any) -> Iterator[tuple[int, str, str | None]]
                 yield line_no, "x", problem
 
 
-def _check_unique_id(record: Record, seen_ids: dict[str, int]) -> None:
-    if record.id is None:
+def check_unique_id(row_id: str | None, line: int, seen_ids: dict[str, int]) -> None:
+    if row_id is None:
         return
-    first = seen_ids.setdefault(record.id, record.line)
-    if first != record.line:
-        raise RowProblem("duplicate_id", f"id {record.id!r} was already used on line {first}; ids must be unique")
+    first = seen_ids.setdefault(row_id, line)
+    if first != line:
+        raise RowProblem("duplicate_id", f"id {row_id!r} was already used on line {first}; ids must be unique")
 
 
 def parse_row(raw: str, source: Path, line: int, *, max_row_chars: int, golden: bool = False) -> Record:
     """Validate one jsonl line and normalise it to a Record; raise RowProblem naming the fix."""
+    obj = load_object(raw, max_row_chars=max_row_chars)
+    shape = _shape_of(obj)
+    kind, messages, text = _SHAPES[shape](obj)
+    meta = _metadata(obj, golden)
+    return Record(source=source, line=line, kind=kind, messages=messages, text=text, **meta)
+
+
+def load_object(raw: str, *, max_row_chars: int) -> dict[str, Any]:
+    """One jsonl line as a JSON object, or RowProblem: too long, invalid JSON, not an object."""
     if len(raw) > max_row_chars:
         raise RowProblem(
             "too_long",
@@ -131,10 +140,7 @@ def parse_row(raw: str, source: Path, line: int, *, max_row_chars: int, golden: 
         ) from exc
     if not isinstance(obj, dict):
         raise RowProblem("not_object", f"a JSON {type(obj).__name__}, not an object; each line must be {{...}}")
-    shape = _shape_of(obj)
-    kind, messages, text = _SHAPES[shape](obj)
-    meta = _metadata(obj, golden)
-    return Record(source=source, line=line, kind=kind, messages=messages, text=text, **meta)
+    return obj
 
 
 def _shape_of(obj: dict[str, Any]) -> str:
@@ -265,10 +271,16 @@ _SHAPES = {
 }
 
 
+def row_id(obj: dict[str, Any]) -> str | None:
+    """The optional `id` as a string (a string or an integer in the file)."""
+    value = obj.get("id")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+        raise RowProblem("bad_field_type", f"'id' is a {type(value).__name__}; use a string or an integer")
+    return None if value is None else str(value)
+
+
 def _metadata(obj: dict[str, Any], golden: bool) -> dict[str, Any]:
-    row_id = obj.get("id")
-    if row_id is not None and (isinstance(row_id, bool) or not isinstance(row_id, str | int)):
-        raise RowProblem("bad_field_type", f"'id' is a {type(row_id).__name__}; use a string or an integer")
+    identifier = row_id(obj)
     slice_name = obj.get("slice")
     if slice_name is not None and (not isinstance(slice_name, str) or not slice_name.strip()):
         raise RowProblem("bad_field_type", "'slice' must be a non-empty string naming the eval slice")
@@ -276,7 +288,7 @@ def _metadata(obj: dict[str, Any], golden: bool) -> dict[str, Any]:
     if checks is not None and not golden:
         checks = None  # eval-only metadata is ignored in training files
     return {
-        "id": None if row_id is None else str(row_id),
+        "id": identifier,
         "slice": slice_name,
         "checks": _checks(checks) if checks is not None else (),
     }

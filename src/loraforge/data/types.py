@@ -9,6 +9,7 @@ PreparedData     train/eval examples, the golden records, the resolved max_seq_l
 PairRecord       a validated preference row (train.method: dpo): a prompt conversation, a chosen and
                  a rejected assistant answer
 TokenizedPair    one rendered pair: the prompt's tokens and each answer's tokens after it
+PreparedPairs    train/eval pairs, the resolved max_seq_len, the report and the chat template (DPO)
 """
 
 from __future__ import annotations
@@ -116,3 +117,14 @@ class PreparedData:
     max_seq_len: int
     report: dict[str, Any] = field(default_factory=dict)
     chat_template: str = ""  # what rendered the rows (data.template, else the tokenizer's): gated and served as trained
+
+
+@dataclass
+class PreparedPairs:
+    """What the data stage gives a DPO run: tokenized pairs, fitted to max_seq_len."""
+
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    max_seq_len: int
+    report: dict[str, Any] = field(default_factory=dict)
+    chat_template: str = ""  # what rendered the pairs (data.template, else the tokenizer's)
