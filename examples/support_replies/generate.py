@@ -178,20 +178,20 @@ INTENTS = [
         train=(
             "I forgot my password and can't see order {o} for the {p}.",
             "My password reset email never arrives, and I need to check order {o} for my {p}.",
-            "I'm locked out of my account after too many tries, I need the invoice for order {o}.",
+            "I'm locked out of my account after too many tries, I need the invoice for the {p} on order {o}.",
             "The reset link says it expired. I just want to track my {p}, order {o}.",
             "I can't log in anymore and my {p} order {o} is in that account.",
-            "Your site keeps rejecting my password, so I can't review order {o}.",
+            "Your site keeps rejecting my password, so I can't review order {o} for my {p}.",
             "How do I reset my password? I need to see when the {p} from order {o} arrives.",
         ),
         eval=(
             "Login fails every time now, which is a problem because {o} with my {p} is under that profile.",
-            "Got no email after pressing forgot password. Need access to look at {o}.",
+            "Got no email after pressing forgot password. Need access to look at {o}, the {p}.",
             "Account says too many attempts. Trying to download the receipt for the {p}, {o}.",
         ),
         golden=(
             "Every sign-in attempt bounces me back to the start page, and {o} for the {p} sits in there.",
-            "Whatever I type, the password is wrong. I have to check on {o} today.",
+            "Whatever I type, the password is wrong. I have to check on the {p} in {o} today.",
             "Been trying to get back into my profile for days to follow the {p} on {o}.",
         ),
         chosen=(
@@ -531,8 +531,9 @@ class Request:
 
     @property
     def refs(self) -> list[str]:
-        """What a reply must name: the order id and the product, or the product alone."""
-        return [self.fill["o"], self.fill["p"]] if self.intent.has_order else [self.fill["p"]]
+        """What a reply may name to address the request: its order id and its product, those of
+        them the request itself mentions (a few order phrasings leave the product out)."""
+        return [self.fill[key] for key in ("o", "p") if key in self.fill and self.fill[key] in self.user]
 
 
 def user_message(rng: random.Random, core: str) -> str:
@@ -586,9 +587,9 @@ def literal(text: str) -> str:
     return re.escape(text).replace("\\ ", " ").replace("\\-", "-")
 
 
-def style_checks(request: Request) -> list[Row]:
-    """The golden checks: signed off, names the order or product, concise, polite."""
-    mention = "|".join(literal(ref) for ref in request.refs)
+def style_checks(refs: Sequence[str]) -> list[Row]:
+    """The golden checks: signed off, names one of `refs` (the order id or product), concise, polite."""
+    mention = "|".join(literal(ref) for ref in refs)
     return [
         {"type": "regex", "pattern": SIGN_OFF_PATTERN},
         {"type": "regex", "pattern": f"(?i)(?:{mention})"},
@@ -654,7 +655,9 @@ def golden_rows(drawer: Drawer, n: int) -> list[Row]:
         request = drawer.draw(intent, "golden", GOLDEN_NAMES)
         reference = signed(reply(drawer.rng.choice(intent.chosen), request.fill))
         messages = [*prompt(request), {"role": "assistant", "content": reference}]
-        rows.append({"id": f"g-{i:04d}", "slice": GOLDEN_SLICE, "messages": messages, "checks": style_checks(request)})
+        rows.append(
+            {"id": f"g-{i:04d}", "slice": GOLDEN_SLICE, "messages": messages, "checks": style_checks(request.refs)}
+        )
     return rows
 
 
