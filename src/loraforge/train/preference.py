@@ -164,23 +164,25 @@ class PreferenceLoss(nn.Module):
 def reference_scores(
     model: PeftModel | PreTrainedModel, pairs: Sequence[TokenizedPair], batch_size: int, progress: bool = False
 ) -> list[ScoredPair]:
-    """Each pair with the summed answer log-probabilities of `model` as it is now (eval mode: no
-    dropout), the reference policy of a run that starts here."""
+    """Each pair (in the given order) with the summed answer log-probabilities of `model` as it is
+    now (eval mode: no dropout), the reference policy of a run that starts here. Pairs are scored in
+    order of length, so a batch pads to a near length; the order is fixed, so a resume scores the same batches."""
     was_training = model.training
     model.eval()
-    scored: list[ScoredPair] = []
+    device = next(model.parameters()).device
+    by_length = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
+    scores: dict[int, tuple[float, float]] = {}
     starts = range(0, len(pairs), batch_size)
     for start in tqdm(starts, desc="reference", unit="batch", disable=not progress):
-        chunk = list(pairs[start : start + batch_size])
-        batch = collate_pairs(chunk)
-        device = next(model.parameters()).device
+        chunk = by_length[start : start + batch_size]
+        batch = collate_pairs([pairs[i] for i in chunk])
         logps, _ = answer_logps(
             model, batch["input_ids"].to(device), batch["labels"].to(device), batch["attention_mask"].to(device)
         )
         n = len(chunk)
-        scored += [ScoredPair(p, float(c), float(r)) for p, c, r in zip(chunk, logps[:n], logps[n:], strict=True)]
+        scores.update((i, (float(c), float(r))) for i, c, r in zip(chunk, logps[:n], logps[n:], strict=True))
     model.train(was_training)
-    return scored
+    return [ScoredPair(pair, *scores[i]) for i, pair in enumerate(pairs)]
 
 
 def mean_stats(sums: Any, pairs: int) -> dict[str, float]:
