@@ -59,8 +59,17 @@ def _config(tmp_path: Path, base: Path, out: str = "run", **train: Any) -> Path:
             "golden": str(_write(tmp_path / "golden.jsonl", [golden])),
         },
         "lora": {"r": 8, "alpha": 16},
-        "train": {"method": "dpo", "lr": 5e-3, "warmup_ratio": 0.0, "epochs": 2, "eval_every": 0.5,
-                  "micro_batch_size": 4, "grad_accum": 2, "precision": "fp32", **train},  # fmt: skip
+        "train": {
+            "method": "dpo",
+            "lr": 5e-3,
+            "warmup_ratio": 0.0,
+            "epochs": 2,
+            "eval_every": 0.5,
+            "micro_batch_size": 4,
+            "grad_accum": 2,
+            "precision": "fp32",
+            **train,
+        },  # fmt: skip
         "eval": {"max_new_tokens": 4, "probes": [], "precision": "fp32"},
     }
     path = tmp_path / f"{out}.yaml"
@@ -119,3 +128,72 @@ def test_a_killed_dpo_run_resumes_to_the_same_adapter_bytes(tiny_base_dir: Path,
     assert resumed.wait(timeout=300) == 0, resumed.stderr and resumed.stderr.read()
     expected = (tmp_path / "straight" / "adapter" / WEIGHTS).read_bytes()
     assert (tmp_path / "killed" / "adapter" / WEIGHTS).read_bytes() == expected
+
+
+def _sft_adapter(base_dir: Path, out: Path, fingerprint: str | None = None) -> Path:
+    """A rank-2 adapter with non-zero weights and a manifest (what an SFT run leaves in OUTPUT/adapter)."""
+    import torch
+    from manifests import valid_manifest
+
+    from loraforge.config import LoraSpec
+    from loraforge.models import attach_lora, load_base, save_adapter
+
+    base = load_base(str(base_dir))
+    model = attach_lora(base.model, LoraSpec(r=2, alpha=4, dropout=0.1))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    save_adapter(model, out, valid_manifest(fingerprint or base.fingerprint))
+    return out
+
+
+def test_dpo_on_top_of_an_adapter_starts_from_it_uses_it_as_reference_and_keeps_its_shape(
+    tiny_base_dir: Path, tmp_path: Path
+) -> None:
+    sft = _sft_adapter(tiny_base_dir, tmp_path / "sft")
+    assert main(["train", str(_config(tmp_path, tiny_base_dir, out="on-sft", init_adapter=str(sft)))]) == 0
+    run = tmp_path / "on-sft"
+    manifest = read_manifest(run / "adapter")
+    assert manifest is not None and manifest["eval"]["verdict"] == "pass"
+    assert (manifest["lora"]["r"], manifest["lora"]["alpha"], manifest["lora"]["dropout"]) == (2, 4.0, 0.0)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["event"] == "train")
+    # the first step is scored before any update: policy == reference == the SFT adapter, so no drift
+    # (against the bare base, this adapter's answers differ by whole nats: see the next assertion)
+    assert abs(first["chosen_drift"]) < 1e-3 and abs(first["rejected_drift"]) < 1e-3
+    from safetensors.torch import load_file
+
+    start, end = load_file(sft / WEIGHTS), load_file(run / "adapter" / WEIGHTS)
+    assert start.keys() == end.keys() and any(not (start[k] == end[k]).all() for k in start)
+    evals = [r for r in records if r["event"] == "eval"]
+    assert evals[-1]["eval_accuracy"] > 0.5
+
+
+def test_the_sft_adapter_moves_the_answers_off_the_base(tiny_base_dir: Path, tmp_path: Path) -> None:
+    """What makes the no-drift check above discriminating: the adapter and the base score a pair apart."""
+    from loraforge.data import tokenize_pair
+    from loraforge.data import read_pairs
+    from loraforge.models import load_adapter, load_base
+    from loraforge.train.preference import reference_scores
+
+    sft = _sft_adapter(tiny_base_dir, tmp_path / "sft")
+    base = load_base(str(tiny_base_dir))
+    pairs_file = _write(tmp_path / "p.jsonl", _pairs(4))
+    records = read_pairs(pairs_file, max_row_chars=10_000).records
+    pairs = [tokenize_pair(base.tokenizer, r, base.tokenizer.chat_template, 256) for r in records]
+    bare = reference_scores(base.model, pairs, batch_size=4)
+    adapted = reference_scores(load_adapter(base.model, sft, base.fingerprint), pairs, batch_size=4)
+    assert min(abs(a.ref_chosen - b.ref_chosen) for a, b in zip(adapted, bare, strict=True)) > 0.1
+
+
+def test_an_init_adapter_of_another_base_is_refused_before_anything_is_written(
+    tiny_base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = _sft_adapter(tiny_base_dir, tmp_path / "other", fingerprint="sha256:" + "0" * 64)
+    config = _config(tmp_path, tiny_base_dir, out="refused", init_adapter=str(other))
+    assert main(["train", str(config)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "adapter was trained on base sha256:000" in err and "load the base it was trained on" in err
+    assert not (tmp_path / "refused").exists()

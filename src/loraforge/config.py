@@ -166,8 +166,8 @@ class DpoSpec(Section):
     loss: Literal["sigmoid", "simpo"] = Field(
         default="sigmoid",
         description="sigmoid: DPO (Rafailov et al. 2023), against the reference policy (where the run starts: "
-        "the base with a fresh adapter); simpo: SimPO (Meng et al. 2024), reference-free, on the answers' mean "
-        "token log-probabilities",
+        "the base with a fresh adapter, or train.init_adapter); simpo: SimPO (Meng et al. 2024), "
+        "reference-free, on the answers' mean token log-probabilities",
     )
     beta: float | None = Field(
         default=None,
@@ -268,6 +268,12 @@ class TrainSpec(Section):
         "over the rows holding replay examples; unset: off",
     )
     dpo: DpoSpec = Field(default_factory=DpoSpec)
+    init_adapter: Path | None = Field(
+        default=None,
+        description="dpo: start from this adapter (an SFT run's OUTPUT/adapter) instead of a fresh one; it is "
+        "also the reference policy, and its rank, alpha and targets replace lora:'s; its manifest must name "
+        "the base and chat template of this run",
+    )
     log_every: int = Field(default=1, gt=0, description="optimizer steps between train-loss log lines")
     log_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list, description="extra metric writers besides metrics.jsonl"
@@ -429,6 +435,8 @@ def _cross_section_problems(raw: dict[str, Any]) -> list[str]:
     so they are reported beside every other problem."""
     data, lora, train = (_raw_section(raw, name) for name in ("data", "lora", "train"))
     problems = _preference_problems(lora, train) if train.get("method") == "dpo" else []
+    if train.get("method") != "dpo" and train.get("init_adapter") is not None:
+        problems.append("train.init_adapter: only train.method=dpo starts from an adapter yet; set it or remove this")
     if train.get("replay_kl") is None:
         return problems
     if "replay" in data and data["replay"] is None:
@@ -477,6 +485,12 @@ def _missing_files(raw: dict[str, Any]) -> list[str]:
         path = data.get(key)
         if isinstance(path, str | Path) and path != "builtin" and not Path(path).is_file():
             problems.append(f"data.{key}: file not found: {path} (paths are relative to where you run loraforge)")
+    init_adapter = _raw_section(raw, "train").get("init_adapter")
+    if isinstance(init_adapter, str | Path) and not (Path(init_adapter) / "adapter_config.json").is_file():
+        problems.append(
+            f"train.init_adapter: no adapter_config.json in {init_adapter}; name a PEFT adapter directory "
+            "(an SFT run's OUTPUT/adapter)"
+        )
     ship_key = _raw_section(raw, "ship").get("key")
     if isinstance(ship_key, str | Path) and not Path(ship_key).is_file():
         problems.append(

@@ -13,18 +13,30 @@ import hashlib
 import json
 import time
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from accelerate import Accelerator
+from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import set_seed
 
 from loraforge.batching import step_size
-from loraforge.config import Config
+from loraforge.config import Config, LoraSpec
 from loraforge.config_text import render_yaml, to_plain
 from loraforge.data import PreparedPairs, prepare_pairs, template_sha256, write_data_report
-from loraforge.files import write_text_atomic
-from loraforge.models import attach_lora, context_length, tokenizer_sha256, utc_timestamp
+from loraforge.errors import ModelError
+from loraforge.files import sha256_file, write_text_atomic
+from loraforge.models import (
+    LoadedBase,
+    attach_lora,
+    context_length,
+    load_adapter,
+    read_manifest,
+    tokenizer_sha256,
+    utc_timestamp,
+)
 from loraforge.pipeline.evaluate_run import read_golden
 from loraforge.pipeline.train_run import (
     TrainRun,
@@ -36,6 +48,7 @@ from loraforge.pipeline.train_run import (
 )
 from loraforge.ship.card import write_model_card
 from loraforge.train import BatchPlan, export_adapter, resume_point, train
+from loraforge.train.checkpoint import ADAPTER_WEIGHTS
 from loraforge.train.preference import collate_pairs, reference_scores
 
 REFERENCE_BATCH = 8  # pairs scored together before the first step (16 rows a forward)
@@ -60,6 +73,8 @@ def run_preference_training(
         "base_fingerprint": base.fingerprint,
         "data_sha256": pairs_sha256(data),
     }
+    if config.train.init_adapter is not None:  # the starting weights: a changed file must not resume
+        identity["init_adapter_sha256"] = sha256_file(config.train.init_adapter / ADAPTER_WEIGHTS)
     resume_point(out_dir, identity, resume)
     world = accelerator.num_processes
     step = step_size(len(data.train), len(data.train), config.train.micro_batch_size, config.train.grad_accum, world)
@@ -67,9 +82,7 @@ def run_preference_training(
     if accelerator.is_main_process:
         tqdm.write(describe_step(step, len(data.train), config.train, world).replace("examples", "pairs"))
     set_seed(config.train.seed)
-    # no LoRA dropout: a pair's two log-probabilities and its reference must come from one function
-    # (TRL's DPOTrainer turns dropout off for the same reason)
-    model = attach_lora(base.model, config.lora.model_copy(update={"dropout": 0.0}))
+    model, lora = start_adapter(config, base, data.chat_template)
     progress = accelerator.is_main_process
     train_rows = reference_scores(model, data.train, REFERENCE_BATCH, progress=progress)
     eval_rows = reference_scores(model, data.eval, REFERENCE_BATCH, progress=progress)
@@ -89,7 +102,7 @@ def run_preference_training(
     manifest = {
         "created_at": utc_timestamp(),
         "base": base_section(config, base),
-        "lora": {**to_plain(config.lora), "dropout": 0.0, "target_modules": targets},
+        "lora": {**to_plain(lora), "target_modules": targets},
         "chat_template": {"text": data.chat_template, "sha256": template_sha256(data.chat_template)},
         "tokenizer": {"sha256": tokenizer_sha256(base.model_dir)},
         "data": {
@@ -113,6 +126,36 @@ def run_preference_training(
         write_model_card(adapter_dir)
     accelerator.wait_for_everyone()
     return TrainRun(config, result, adapter_dir, manifest, base.fingerprint, accelerator.is_main_process)
+
+
+def start_adapter(config: Config, base: LoadedBase, chat_template: str) -> tuple[PeftModel, LoraSpec]:
+    """The policy at step 0 (so also the reference) and the LoRA shape it has: a fresh adapter of
+    `lora:`, or train.init_adapter loaded trainable (refused when it was trained on another base or
+    in another chat template). Either way without dropout: a pair's two log-probabilities and its
+    reference must come from one function (TRL's DPOTrainer turns dropout off for the same reason)."""
+    source = config.train.init_adapter
+    if source is None:
+        lora = config.lora.model_copy(update={"dropout": 0.0})
+        return attach_lora(base.model, lora), lora
+    manifest = read_manifest(source) or {}
+    recorded = (manifest.get("chat_template") or {}).get("sha256")
+    if recorded is not None and recorded != template_sha256(chat_template):
+        raise ModelError(
+            f"train.init_adapter {source}: trained in another chat template (sha256 {recorded[:12]}...) than this "
+            f"run's ({template_sha256(chat_template)[:12]}...); set data.template to the one it was trained with"
+        )
+    model = load_adapter(base.model, source, base.fingerprint, trainable=True)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for dropout in module.lora_dropout.values():
+                if isinstance(dropout, nn.Dropout):
+                    dropout.p = 0.0
+    peft = cast(LoraConfig, model.peft_config["default"])
+    variant = "dora" if getattr(peft, "use_dora", False) else "rslora" if getattr(peft, "use_rslora", False) else "lora"
+    lora = config.lora.model_copy(
+        update={"r": peft.r, "alpha": float(peft.lora_alpha), "dropout": 0.0, "variant": variant, "top_layers": None}
+    )
+    return model, lora
 
 
 def pairs_sha256(data: PreparedPairs) -> str:
