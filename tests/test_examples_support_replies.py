@@ -122,6 +122,16 @@ def test_no_held_out_prompt_equals_a_train_or_other_held_out_prompt() -> None:
 
 
 @pytest.mark.parametrize("name", ["eval.jsonl", "golden.jsonl"])
+def test_no_held_out_name_or_order_id_occurs_in_train(name: str) -> None:
+    train = "\n".join(user_text(r) for r in rows("train.jsonl"))
+    held_out = [user_text(r) for r in rows(name)]
+    names = GEN.EVAL_NAMES if name == "eval.jsonl" else GEN.GOLDEN_NAMES
+    assert all(any(re.search(rf"\b{n}\b", user) for n in names) for user in held_out)
+    assert [n for n in names if re.search(rf"\b{n}\b", train)] == []
+    assert [o for user in held_out for o in ORDER_ID.findall(user) if o in train] == []
+
+
+@pytest.mark.parametrize("name", ["eval.jsonl", "golden.jsonl"])
 def test_held_out_prompts_are_not_near_duplicates_of_train(name: str) -> None:
     train = [shingles(user_text(r)) for r in rows("train.jsonl")]
 

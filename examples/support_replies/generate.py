@@ -13,8 +13,10 @@ One random.Random(0) drives everything, so a re-run writes byte-identical files.
 and golden requests use disjoint customer names, order ids that never repeat, and disjoint
 phrasings of each request (train, eval and golden phrasings are separate lists), and any
 held-out request whose word 5-gram Jaccard against a train request reaches MAX_HELDOUT_JACCARD
-is drawn again. After writing, a summary is printed (counts, flaw balance, word counts, the
-largest held-out-vs-train Jaccard).
+is drawn again. Golden rows carry four regex checks (signed off, names the order id or product,
+at most CONCISE_MAX_WORDS words, polite); each flaw kind fails exactly one of them. After
+writing, a summary is printed (counts, flaw balance, word counts, the largest
+held-out-vs-train Jaccard).
 """
 
 from __future__ import annotations
@@ -531,8 +533,8 @@ class Request:
 
     @property
     def refs(self) -> list[str]:
-        """What a reply may name to address the request: its order id and its product, those of
-        them the request itself mentions (a few order phrasings leave the product out)."""
+        """What a reply may name to address the request: whichever of its order id and product the
+        request itself mentions (every phrasing names the product, the order kinds the order id too)."""
         return [self.fill[key] for key in ("o", "p") if key in self.fill and self.fill[key] in self.user]
 
 
