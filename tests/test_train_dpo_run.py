@@ -173,8 +173,7 @@ def test_dpo_on_top_of_an_adapter_starts_from_it_uses_it_as_reference_and_keeps_
 
 def test_the_sft_adapter_moves_the_answers_off_the_base(tiny_base_dir: Path, tmp_path: Path) -> None:
     """What makes the no-drift check above discriminating: the adapter and the base score a pair apart."""
-    from loraforge.data import tokenize_pair
-    from loraforge.data import read_pairs
+    from loraforge.data import read_pairs, tokenize_pair
     from loraforge.models import load_adapter, load_base
     from loraforge.train.preference import reference_scores
 
