@@ -9,13 +9,11 @@ the line and the fix, in the wording `read_records` uses for SFT rows.
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from loraforge.data.records import ROLES, RowProblem, check_unique_id, format_problems, load_object, read_lines, row_id
+from loraforge.data.records import ROLES, RowProblem, load_object, read_rows, row_id
 from loraforge.data.types import Message, PairRecord
 from loraforge.errors import DataError
 
@@ -41,37 +39,16 @@ def read_pairs(path: Path, *, max_row_chars: int, on_error: Literal["strict", "s
     """
     if on_error not in ("strict", "skip"):
         raise DataError(f"read_pairs(on_error={on_error!r}): use 'strict' or 'skip'")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; check data paths (relative to where you run loraforge)")
     result = PairReadResult(records=[])
-    digest = hashlib.sha256()
-    reasons: Counter[str] = Counter()
-    seen_ids: dict[str, int] = {}
-    for line_no, raw, decode_problem in read_lines(path, digest):
-        if not raw.strip():
-            continue
-        result.rows_in += 1
-        try:
-            if decode_problem is not None:
-                raise RowProblem("not_utf8", decode_problem)
-            record = parse_pair(raw, path, line_no, max_row_chars=max_row_chars)
-            check_unique_id(record.id, line_no, seen_ids)
-        except RowProblem as problem:
-            reasons[problem.reason] += 1
-            result.problems.append(f"{path.name} line {line_no}: {problem.message}")
-            continue
-        result.records.append(record)
-    result.sha256 = digest.hexdigest()
-    result.skipped = dict(sorted(reasons.items()))
-    if result.rows_in == 0:
-        raise DataError(
-            f'{path}: the file is empty; add one {{"prompt", "chosen", "rejected"}} object per line '
-            "(see docs/data.md#preference-pairs)"
-        )
-    if result.problems and on_error == "strict":
-        raise DataError(format_problems(path, result.problems))
-    if not result.records:
-        raise DataError(f"{path}: no valid pairs among {result.rows_in} rows; fix the rows listed by on_error=strict")
+    rows = read_rows(
+        path,
+        lambda raw, line_no: parse_pair(raw, path, line_no, max_row_chars=max_row_chars),
+        on_error=on_error,
+        empty=f'{path}: the file is empty; add one {{"prompt", "chosen", "rejected"}} object per line '
+        "(see docs/data.md#preference-pairs)",
+        none_valid="no valid pairs among {rows_in} rows; fix the rows listed by on_error=strict",
+    )
+    result.records, result.problems, result.sha256, result.skipped, result.rows_in = rows
     return result
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from loraforge.data.types import Message, Record
 from loraforge.errors import DataError
@@ -50,35 +50,57 @@ def read_records(path: Path, *, on_error: str = "strict", max_row_chars: int, go
     """
     if on_error not in ("strict", "skip"):
         raise DataError(f"on_error={on_error!r}: use 'strict' or 'skip'")
+    result = ReadResult(records=[])
+    rows = read_rows(
+        path,
+        lambda raw, line_no: parse_row(raw, path, line_no, max_row_chars=max_row_chars, golden=golden),
+        on_error=on_error,
+        empty=f"{path}: the file is empty; add one JSON object per line (see docs/data.md)",
+        none_valid="no valid rows among {rows_in}; fix the rows listed by on_error=strict",
+    )
+    result.records, result.problems, result.sha256, result.skipped, result.rows_in = rows
+    return result
+
+
+Row = TypeVar("Row")
+
+
+def read_rows(
+    path: Path, parse: Callable[[str, int], Row], *, on_error: str, empty: str, none_valid: str
+) -> tuple[list[Row], list[str], str, dict[str, int], int]:
+    """The shared jsonl pass: stream `path` once, hashing its bytes, parse each non-blank line with
+    `parse(raw, line_no)` (which raises RowProblem), refuse duplicate ids. Returns (rows, problems,
+    sha256, skipped by reason, rows_in); raises `empty` for an empty file, every problem at once in
+    strict mode, and `none_valid` (formatted with rows_in) when no row is left."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; check data paths (relative to where you run loraforge)")
-    result = ReadResult(records=[])
+    rows: list[Row] = []
+    problems: list[str] = []
     digest = hashlib.sha256()
     reasons: Counter[str] = Counter()
     seen_ids: dict[str, int] = {}
+    rows_in = 0
     for line_no, raw, decode_problem in read_lines(path, digest):
         if not raw.strip():
             continue
-        result.rows_in += 1
+        rows_in += 1
         try:
             if decode_problem is not None:
                 raise RowProblem("not_utf8", decode_problem)
-            record = parse_row(raw, path, line_no, max_row_chars=max_row_chars, golden=golden)
-            check_unique_id(record.id, line_no, seen_ids)
+            row = parse(raw, line_no)
+            check_unique_id(getattr(row, "id", None), line_no, seen_ids)
         except RowProblem as problem:
             reasons[problem.reason] += 1
-            result.problems.append(f"{path.name} line {line_no}: {problem.message}")
+            problems.append(f"{path.name} line {line_no}: {problem.message}")
             continue
-        result.records.append(record)
-    result.sha256 = digest.hexdigest()
-    result.skipped = dict(sorted(reasons.items()))
-    if result.rows_in == 0:
-        raise DataError(f"{path}: the file is empty; add one JSON object per line (see docs/data.md)")
-    if result.problems and on_error == "strict":
-        raise DataError(format_problems(path, result.problems))
-    if not result.records:
-        raise DataError(f"{path}: no valid rows among {result.rows_in}; fix the rows listed by on_error=strict")
-    return result
+        rows.append(row)
+    if rows_in == 0:
+        raise DataError(empty)
+    if problems and on_error == "strict":
+        raise DataError(format_problems(path, problems))
+    if not rows:
+        raise DataError(f"{path}: " + none_valid.format(rows_in=rows_in))
+    return rows, problems, digest.hexdigest(), dict(sorted(reasons.items())), rows_in
 
 
 def format_problems(path: Path, problems: list[str]) -> str:
