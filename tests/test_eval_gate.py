@@ -176,6 +176,6 @@ def test_the_reports_show_each_blocking_slice_s_levers() -> None:
         levers=decision.levers,
     )
     markdown = render_markdown(report)
-    assert "## What to change" in markdown and "- general: raise data.replay_ratio" in markdown
+    assert "## What to change" in markdown and "- general: add a smaller scale to train.strength.scales" in markdown
     assert 'id="levers"' in render_html(report) and "train.replay_kl" in render_html(report)
-    assert report.to_dict()["levers"]["general"][1] == "turn on or raise train.replay_kl"
+    assert report.to_dict()["levers"]["general"][2] == "turn on or raise train.replay_kl"

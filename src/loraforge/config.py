@@ -187,6 +187,41 @@ class DpoSpec(Section):
         return self.beta if self.beta is not None else (0.1 if self.loss == "sigmoid" else 2.0)
 
 
+class StrengthSpec(Section):
+    """After training: the largest scale of the update that keeps the base's knowledge (evaluate.strength)."""
+
+    scales: list[float] = Field(
+        default_factory=lambda: list(recipe.STRENGTH_SCALES),
+        min_length=1,
+        description=_why(
+            "train.strength.scales",
+            "scales of the trained update (W + s*B@A) tried after training, largest first, each in (0, 1], on "
+            "the bundled selection probes (disjoint from the gate's); the first that loses at most "
+            "train.strength.tolerance of them is baked into the saved adapter (manifest `strength`). [1.0]: off",
+        ),
+    )
+    tolerance: int = Field(
+        default=0,
+        ge=0,
+        description=_why(
+            "train.strength.tolerance",
+            "selection probes (of those the base answers right) a scale may lose and still be kept",
+        ),
+    )
+    probes: Path | None = Field(
+        default=None,
+        description="your own selection set instead of the bundled one: golden-format jsonl rows with checks "
+        "(knowledge the adapter must keep); none may share a question with data.golden or the gate's probes",
+    )
+
+    @field_validator("scales")
+    @classmethod
+    def _in_unit_interval(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < s <= 1.0 for s in value):
+            raise ValueError("each scale must be in (0, 1]; use [1.0] to keep the adapter as trained")
+        return value
+
+
 class TrainSpec(Section):
     method: Literal["sft", "dpo"] = Field(
         default="sft",
@@ -268,6 +303,7 @@ class TrainSpec(Section):
         "over the rows holding replay examples; unset: off",
     )
     dpo: DpoSpec = Field(default_factory=DpoSpec)
+    strength: StrengthSpec = Field(default_factory=StrengthSpec)
     init_adapter: Path | None = Field(
         default=None,
         description="dpo: start from this adapter (an SFT run's OUTPUT/adapter) instead of a fresh one; it is "

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from loraforge.config import Config, DataSpec, DpoSpec, EvalSpec, LoraSpec, ShipSpec, TrainSpec
+from loraforge.config import Config, DataSpec, DpoSpec, EvalSpec, LoraSpec, ShipSpec, StrengthSpec, TrainSpec
 
 
 def to_plain(config: BaseModel) -> dict[str, Any]:
@@ -71,6 +71,7 @@ REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("lora", LoraSpec),
     ("train", TrainSpec),
     ("train.dpo", DpoSpec),
+    ("train.strength", StrengthSpec),
     ("eval", EvalSpec),
     ("ship", ShipSpec),
 ]

@@ -38,6 +38,7 @@ DEFAULT_GIVE_UP_AFTER = 16  # a base rambling to max_new_tokens on every golden 
 DISTILL_MAX_NEW_TOKENS = 192  # `loraforge distill`: long enough for a paragraph; longer answers are dropped
 DISTILL_BATCH = 8  # `loraforge distill`: prompts generated together
 DEFAULT_EVAL_BATCH = 32
+STRENGTH_SCALES = (1.0, 0.9, 0.8)  # train.strength.scales
 
 # Why each default is what it is, by config key: the end of that field's description.
 REASONS: dict[str, str] = {
@@ -63,5 +64,8 @@ REASONS: dict[str, str] = {
     "data.max_row_chars": "a row longer than this is a data bug (a dumped file), not a sample",
     "eval.max_new_tokens": "enough for a structured answer; the gate is greedy and batched",
     "lora.loraplus_lr_ratio": "LoRA+ paper: B learns 16x faster than A",
+    "train.strength.scales": "1.0 down to 0.8: at 0.8 a demo adapter kept its task margin and won back "
+    "the general answers it had drifted from; below it the task lost more than it won back",
+    "train.strength.tolerance": "none lost: the gate blocks on lost probes, so selection asks the same",
     "eval.batch_size": "greedy decoding is memory-bound: 32 rows cost ~1.2x one batch of 8 on CPU, so ~2.5x faster",
 }

@@ -190,7 +190,9 @@ def _time(seconds: dict[str, Any]) -> None:
     roles = ", ".join(f"{role} {_clock(s)}" for role, s in seconds["gate_roles"].items())
     console.print(
         f"\nthe demo took {_clock(seconds['total'])}: base {_clock(seconds['base'])}, data {_clock(seconds['data'])}, "
-        f"training {_clock(seconds['training'])}, gate {_clock(seconds['gate'])}"
+        f"training {_clock(seconds['training'])}, "
+        + (f"strength {_clock(seconds['strength'])}, " if seconds.get("strength") else "")
+        + f"gate {_clock(seconds['gate'])}"
         + (f" ({roles})" if roles else "")
         + (f", serve {_clock(seconds['serve'])}" if seconds.get("serve") else "")
     )

@@ -76,8 +76,22 @@ def gate_table(report: Any) -> Table:
     return table
 
 
+def strength_line(strength: dict[str, Any] | None) -> str | None:
+    """train.strength's choice in words: the scale kept and what each tried scale lost."""
+    if not strength:
+        return None
+    tried = ", ".join(f"x{t['scale']:g} lost {t['lost']}" for t in strength["tried"]) or "nothing to lose"
+    return (
+        f"adapter strength x{strength['scale']:g} (selection probes the base knows: {strength['probes']}; "
+        f"{tried}; {strength['seconds']:.0f} s)"
+    )
+
+
 def report_gate(console: Console, report: Any, eval_dir: Path) -> None:
     """Print the gate's table, notes and improvements; raise GateBlocked (exit 3) when it blocks."""
+    strength = strength_line(report.info.get("strength"))
+    if strength:
+        console.print(escape(strength))
     console.print(gate_table(report))
     for note in report.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")

@@ -102,6 +102,7 @@ def paired_loss(rows: Sequence[RowResult], role: str, tolerance: int = 0) -> Pai
 # What to change, cheapest first (docs/troubleshooting.md#the-gate-blocked). A probe slice that
 # drops is forgetting: pull the adapter back toward the base away from the task.
 FORGETTING_LEVERS = (
+    "add a smaller scale to train.strength.scales (e.g. 0.7) or pass your own train.strength.probes",
     "raise data.replay_ratio (replay rows from `loraforge distill` in data.replay)",
     "turn on or raise train.replay_kl",
     "lower train.lr or train.epochs",

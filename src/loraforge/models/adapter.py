@@ -15,11 +15,13 @@ from typing import Any
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 from transformers import PreTrainedModel
 
 from loraforge.errors import ModelError
-from loraforge.files import atomic_dir, write_json_atomic
+from loraforge.files import atomic_dir, write_bytes_atomic, write_json_atomic
 from loraforge.models.fingerprint import UNREADABLE_WEIGHTS
 from loraforge.models.manifest import MANIFEST_FORMAT, MANIFEST_NAME, manifest_base_fingerprint, validate_manifest
 
@@ -56,6 +58,28 @@ def name_base_publicly(adapter_dir: Path, hub_id: str) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = hub_id
     write_json_atomic(path, config)
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def rescale_adapter(adapter_dir: Path, scale: float) -> Path:
+    """Multiply every lora_B tensor in `adapter_dir`'s weights by `scale` (W + s*B@A), rewriting the
+    file atomically: every reader (PEFT, merge, the serve engine, vLLM) then sees the scaled update.
+    Refused for DoRA (its magnitude vector makes the update non-linear in B)."""
+    path = adapter_dir / ADAPTER_WEIGHTS
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
+    if any("lora_magnitude_vector" in key for key in tensors):
+        raise ModelError(f"{path}: a DoRA adapter's update is not linear in lora_B; it cannot be rescaled")
+    scaled = [key for key in tensors if ".lora_B." in key]
+    if not scaled:
+        raise ModelError(f"{path}: no lora_B tensors; is this a LoRA adapter?")
+    for key in scaled:
+        tensors[key] = (tensors[key].float() * scale).to(tensors[key].dtype)
+    write_bytes_atomic(path, save(tensors, metadata=metadata))
+    return path
 
 
 def write_manifest(adapter_dir: Path, manifest: dict[str, Any]) -> Path:

@@ -183,13 +183,17 @@ def run_demo(config: Config, show: Show, serve_step: ServeStep | None = None) ->
     show("paths", artifact_paths(config))
     gate_roles = dict(outcome.gate.info.get("seconds") or {}) if outcome.gate is not None else {}
     gate_seconds = sum(gate_roles.values())
+    strength = (outcome.gate.info.get("strength") or {}) if outcome.gate is not None else {}
+    strength_seconds = float(strength.get("seconds", 0.0)) if strength.get("tried") else 0.0
     show(
         "time",
         {
             "total": time.perf_counter() - started,  # with the ship step
             "base": data_started - started,
             "data": train_started - data_started,
-            "training": finished - train_started - gate_seconds,  # with loading, eval loss and saving
+            # with loading, eval loss and saving; the strength step and the gate are their own
+            "training": finished - train_started - gate_seconds - strength_seconds,
+            "strength": strength_seconds,
             "gate": gate_seconds,
             "gate_roles": gate_roles,
             "serve": serve_seconds,

@@ -4,17 +4,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
+from peft.utils import set_peft_model_state_dict
+from safetensors.torch import load_file
 
 from loraforge.config import Config
 from loraforge.data import REPORT_NAME, read_records, resolve_chat_template
-from loraforge.data.types import Record
+from loraforge.data.types import Message, Record
 from loraforge.errors import EvalError
 from loraforge.evaluate import GateReport, run_gate
-from loraforge.models import load_adapter, load_base, manifest_chat_template, read_manifest
+from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS, load_probes
+from loraforge.evaluate.scoring import Case, cases_from_records
+from loraforge.evaluate.strength import choose_strength
+from loraforge.models import LoadedBase, load_adapter, load_base, manifest_chat_template, read_manifest, write_manifest
+from loraforge.models.adapter import rescale_adapter
 from loraforge.train import resolve_base_dtype
 
 EVAL_DIR_NAME = "eval"
@@ -77,8 +85,12 @@ def evaluate_run(
     adapter_dir: Path | None = None,
     against_dir: Path | None = None,
     allow_new_golden: bool = False,
+    *,
+    settle_strength: bool = False,
 ) -> GateReport:
-    """Run the gate on OUTPUT/adapter (or adapter_dir) and write OUTPUT/eval/report.*."""
+    """Run the gate on OUTPUT/adapter (or adapter_dir) and write OUTPUT/eval/report.*. With
+    `settle_strength` (after training), first choose the adapter's strength (train.strength) and
+    bake it into the adapter's files, so the gate scores what ships."""
     adapter_dir = adapter_dir or config.output / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file():
         raise EvalError(
@@ -101,10 +113,64 @@ def evaluate_run(
     base = load_base(config.base, dtype=dtype, device=device)
     model = load_adapter(base.model, adapter_dir, base.fingerprint)
     template = trained_template(adapter_dir, config, base.tokenizer)
+    if settle_strength:
+        strength = settle_adapter_strength(config, base, model, adapter_dir, template)
+        if strength is not None:
+            info["strength"] = strength
     return run_gate(
         base, model, golden, config.eval, config.output / EVAL_DIR_NAME, against_dir, info=info, notes=notes,
         chat_template=template,
     )  # fmt: skip
+
+
+def settle_adapter_strength(
+    config: Config, base: LoadedBase, model: PeftModel, adapter_dir: Path, template: str
+) -> dict[str, Any] | None:
+    """Choose the adapter's strength (evaluate.strength), rescale its lora_B weights on disk and in
+    `model` (loaded back from the rewritten file), and record the choice in the manifest. Once per
+    adapter: one whose manifest holds a `strength` record (a resumed run that goes straight to the
+    gate) keeps it. None where nothing was chosen: train.strength.scales=[1.0], DoRA, no manifest."""
+    manifest = read_manifest(adapter_dir)
+    spec = config.train.strength
+    if manifest is None or manifest.get("format") != 2:
+        return None
+    if "strength" in manifest:
+        return dict(manifest["strength"])
+    if spec.scales == [1.0] or (manifest.get("lora") or {}).get("variant") == "dora":
+        return None
+    cases = selection_rows(config) if spec.probes is not None else None
+    choice = choose_strength(base, model, config.eval, spec.scales, spec.tolerance, template, cases)
+    record = choice.to_dict()
+    if choice.scale != 1.0:
+        path = rescale_adapter(adapter_dir, choice.scale)
+        set_peft_model_state_dict(model, load_file(str(path)), adapter_name=str(model.active_adapter))
+    manifest["strength"] = record
+    write_manifest(adapter_dir, manifest)
+    return record
+
+
+def selection_rows(config: Config) -> list[Case]:
+    """train.strength.probes as cases; a row whose question is also asked by the golden set or the
+    gate's probes is refused (the strength would be chosen on the exam)."""
+    path = config.train.strength.probes
+    if path is None:
+        return []
+    read = read_records(path, on_error="strict", max_row_chars=config.data.max_row_chars, golden=True)
+    cases = cases_from_records(read.records, PROBE_MAX_NEW_TOKENS, probe=True)
+    exam = [*read_golden(config)[0], *load_probes(list(config.eval.probes))]
+    asked = {_question(record.messages) for record in exam}
+    clashes = [case.where for case in cases if _question(case.prompt) in asked]
+    if clashes:
+        raise EvalError(
+            f"train.strength.probes: {', '.join(clashes[:5])} ask(s) a question the gate asks (data.golden or "
+            "eval.probes); selection rows must be disjoint from the exam: remove or reword them"
+        )
+    return cases
+
+
+def _question(messages: Sequence[Message]) -> str:
+    users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+    return " ".join((users[-1] if users else "").lower().split())
 
 
 def gate_dtype(config: Config, device: torch.device | str) -> torch.dtype:

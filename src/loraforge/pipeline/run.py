@@ -39,7 +39,7 @@ def train_and_gate(config: Config, *, resume: bool = False, accelerator: Acceler
     run = training(config, resume=resume, accelerator=accelerator)
     if not (config.eval.gate and run.main_process):
         return RunOutcome(run, None)
-    report = evaluate_run(config, adapter_dir=run.adapter_dir)
+    report = evaluate_run(config, adapter_dir=run.adapter_dir, settle_strength=True)
     run.manifest = record_gate(run.adapter_dir, report) or run.manifest
     signature = ship_gated(run.adapter_dir, report, key)
     return RunOutcome(run, report, signature)
