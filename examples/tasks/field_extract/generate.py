@@ -40,7 +40,11 @@ TRAIN_CITIES = (
     "Porto|Hamburg|Krakow|Cairo|Manila|Lima|Vienna|Boston|Seville|Glasgow|Zurich|Accra|Bogota|Helsinki|"
     "Buenos Aires|San Diego|Cape Town|New Delhi|Kyoto|Munich|Athens|Quito|Perth|Antwerp|Tallinn|Montreal"
 ).split("|")
-TRAIN_YEARS = list(range(2018, 2028))
+# Golden years sit inside the training range (every decade digit is seen in training), so the
+# golden split asks the model to copy an unseen year, not to write a digit it never saw: with train
+# 2018-2027 and golden 2029-2032, both loraforge and a plain PEFT loop wrote "202" for every golden year.
+GOLDEN_YEARS = [2014, 2023, 2031, 2036]
+TRAIN_YEARS = [y for y in range(2010, 2040) if y not in GOLDEN_YEARS]
 
 GOLDEN_FIRST = "Adele Bruno Celine Dmitri Esther Farid Gemma Hector Ingrid Joaquin Keiko Lorenzo Mireille".split()
 GOLDEN_LAST = "Abara Bjork Castellano Duarte Eriksen Fontaine Grieco Halvorsen Iwata Lindqvist".split()
@@ -48,7 +52,6 @@ GOLDEN_CITIES = (
     "Valparaiso|Tbilisi|Reykjavik|Ljubljana|Marrakesh|Hobart|Winnipeg|Cordoba|Bergen|Da Nang|Salzburg|"
     "Santa Fe|Trieste|Windhoek|Galway"
 ).split("|")
-GOLDEN_YEARS = list(range(2029, 2033))
 GOLDEN_ONLY = (*GOLDEN_FIRST, *GOLDEN_LAST, *GOLDEN_CITIES, *(str(y) for y in GOLDEN_YEARS))
 
 MONTHS = "January February March April May June July August September October November December".split()
