@@ -38,6 +38,8 @@ DEFAULT_GIVE_UP_AFTER = 16  # a base rambling to max_new_tokens on every golden 
 DISTILL_MAX_NEW_TOKENS = 192  # `loraforge distill`: long enough for a paragraph; longer answers are dropped
 DISTILL_BATCH = 8  # `loraforge distill`: prompts generated together
 DEFAULT_EVAL_BATCH = 32
+DEFAULT_JUDGE_MIN_AGREEMENT = 0.6
+DEFAULT_JUDGE_MAX_TOKENS = 64
 
 # Why each default is what it is, by config key: the end of that field's description.
 REASONS: dict[str, str] = {
@@ -64,4 +66,7 @@ REASONS: dict[str, str] = {
     "eval.max_new_tokens": "enough for a structured answer; the gate is greedy and batched",
     "lora.loraplus_lr_ratio": "LoRA+ paper: B learns 16x faster than A",
     "eval.batch_size": "greedy decoding is memory-bound: 32 rows cost ~1.2x one batch of 8 on CPU, so ~2.5x faster",
+    "eval.judge.min_agreement": "kappa 0.6 is where 'substantial' agreement begins (Landis and Koch 1977); "
+    "a judge below it disagrees with people too often to decide a verdict alone",
+    "eval.judge.max_tokens": "room for the one line the prompt asks for, and a judge that writes a sentence first",
 }
