@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from loraforge.config import Config, DataSpec, DpoSpec, EvalSpec, LoraSpec, ShipSpec, TrainSpec
+from loraforge.config import Config, DataSpec, DpoSpec, EvalSpec, JudgeSpec, LoraSpec, ShipSpec, TrainSpec
 
 
 def to_plain(config: BaseModel) -> dict[str, Any]:
@@ -72,6 +72,7 @@ REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("train", TrainSpec),
     ("train.dpo", DpoSpec),
     ("eval", EvalSpec),
+    ("eval.judge", JudgeSpec),
     ("ship", ShipSpec),
 ]
 
