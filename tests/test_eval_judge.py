@@ -211,7 +211,11 @@ def test_the_report_shows_each_judge_slice_with_its_agreement() -> None:
     judged_line = next(line for line in markdown.splitlines() if line.startswith("| judged"))
     plain_line = next(line for line in markdown.splitlines() if line.startswith("| plain"))
     assert "| judge agreement |" in markdown and "## Advisory" in markdown
-    assert "pass/fail kappa 0.10 (acc 50%, n 40); advisory, under 0.60" in judged_line and plain_line.endswith("| - |")
+    assert (
+        "pass/fail kappa 0.10 (acc 50%, n 40); advisory: the judge's kappa 0.10 is below eval.judge.min_agreement"
+        in judged_line
+        and plain_line.endswith("| - |")
+    )
 
 
 def test_the_bundled_labels_are_valid_and_balanced() -> None:

@@ -40,7 +40,7 @@ def _examples(rows: list[RowResult], slice_name: str) -> list[RowResult]:
 
 
 def judge_cell(score: SliceScore) -> str:
-    """A judge slice's agreement with people and whether it decides: "kappa 0.72 (acc 88%, n 40); decides"."""
+    """A judge slice's agreement with people and whether it decides: "pass/fail kappa 0.72 (acc 88%, n 40); decides"."""
     judge = score.judge
     if judge is None:
         return "-"
@@ -50,8 +50,8 @@ def judge_cell(score: SliceScore) -> str:
     errors = sum(judge["errors"].values())
     parts = ["; ".join(figures) or "uncalibrated"]
     if errors:
-        parts.append(f"{errors} unreadable judge repl{'y' if errors == 1 else 'ies'}")
-    parts.append("decides" if judge["decides"] else f"advisory, under {judge['min_agreement']:.2f}")
+        parts.append(f"unreadable judge replies on {errors} answer{'' if errors == 1 else 's'}")
+    parts.append("decides" if judge["decides"] else f"advisory: {judge['why']}")
     return "; ".join(parts)
 
 
