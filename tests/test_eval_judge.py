@@ -126,7 +126,7 @@ def test_a_key_variable_that_is_unset_names_it(monkeypatch: pytest.MonkeyPatch) 
 def test_the_prompt_holds_rubric_request_reference_and_answer() -> None:
     request = single_request("1-5", "names the refund", "my desk broke", "we refund you", "a refund of 10 euros")
     system, user = (content for _, content in request.messages)
-    assert "Score: N" in system and "temperature" not in system
+    assert "Score: N" in system and "Verdict" not in system
     assert (
         user.index("names the refund") < user.index("my desk broke") < user.index("10 euros") < user.index("we refund")
     )
@@ -221,7 +221,8 @@ def test_the_report_shows_each_judge_slice_with_its_agreement() -> None:
 def test_the_bundled_labels_are_valid_and_balanced() -> None:
     rows = read_labels(LABELS)
     pass_fail = [r for r in rows if r.scale == "pass/fail"]
-    assert len(rows) >= 40 and {r.label for r in pass_fail} == {"pass", "fail"}
+    assert len(pass_fail) >= 40 and {r.label for r in pass_fail} == {"pass", "fail"}
+    assert {r.label for r in rows if r.scale == "pairwise"} == {"A", "B", "tie"}
     assert sum(r.label == "pass" for r in pass_fail) == sum(r.label == "fail" for r in pass_fail)
 
 
@@ -241,6 +242,15 @@ def test_a_bad_labels_file_names_each_line(tmp_path: Path) -> None:
     assert (
         "line 2: not JSON" in message and "line 3: 'label' is 'maybe'" in message and "line 4: 'label' is 9" in message
     )
+
+
+def test_a_pairwise_label_row_needs_answer_b_and_a_winner(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    row = {"prompt": "p", "answer": "a", "rubric": "r", "scale": "pairwise", "label": "first"}
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(EvalError) as caught:
+        read_labels(path)
+    assert "needs 'answer_b'" in str(caught.value) and 'use "A", "B" or "tie"' in str(caught.value)
 
 
 def test_labels_with_one_label_only_are_refused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -110,16 +111,23 @@ def stored(calibrated: Calibrated) -> dict[str, object]:
     return json.loads(calibration_path(calibrated.spec).read_text())  # type: ignore[no-any-return]
 
 
-def test_calibration_asks_the_judge_once_per_labelled_row(calibrated: Calibrated) -> None:
-    rows = [line for line in LABELS.read_text().splitlines() if line.strip()]
-    assert calibrated.first_requests == len(rows)
-    assert f"asked the judge {len(rows)} time(s), 0 reply(ies) from the cache" in calibrated.first_output
+def labelled() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in LABELS.read_text().splitlines() if line.strip()]
+
+
+def expected_requests() -> int:
+    """One request a labelled answer, two a pair (both orders)."""
+    return sum(2 if row.get("scale") == "pairwise" else 1 for row in labelled())
+
+
+def test_calibration_asks_once_per_answer_and_twice_per_pair(calibrated: Calibrated) -> None:
+    assert calibrated.first_requests == expected_requests()
+    assert f"asked the judge {expected_requests()} time(s), 0 reply(ies) from the cache" in calibrated.first_output
 
 
 def test_a_second_calibration_is_answered_from_the_cache(calibrated: Calibrated) -> None:
     assert calibrated.second_requests == 0
-    rows = [line for line in LABELS.read_text().splitlines() if line.strip()]
-    assert f"asked the judge 0 time(s), {len(rows)} reply(ies) from the cache" in calibrated.second_output
+    assert f"asked the judge 0 time(s), {expected_requests()} reply(ies) from the cache" in calibrated.second_output
 
 
 def test_calibration_figures_are_those_of_the_judge_s_replies(calibrated: Calibrated) -> None:
@@ -221,10 +229,13 @@ def test_the_judge_slice_carries_its_calibrated_agreement(gated: Gated, calibrat
     assert f"pass/fail kappa {figures['kappa']:.2f}" in judged_line
 
 
-def test_an_uncalibrated_pairwise_judge_slice_is_advisory(gated: Gated) -> None:
+def test_a_judge_slice_below_min_agreement_is_advisory(gated: Gated, calibrated: Calibrated) -> None:
     report = gated.reports[0]
     standing = report["slices"]["judged"]["judge"]  # type: ignore[index]
-    assert standing["decides"] is False and "pairwise" in standing["why"]
+    scales = stored(calibrated)["scales"]
+    assert standing["kappa"] == min(scales["pass/fail"]["kappa"], scales["pairwise"]["kappa"])  # type: ignore[index]
+    assert standing["kappa"] < 0.6  # the tiny judge's replies are unreadable: it agrees with nobody
+    assert standing["decides"] is False and "below eval.judge.min_agreement 0.60" in standing["why"]
     assert report["verdict"] == "pass" and report["reasons"] == []  # decided by the plain slice
     assert any("slice 'judged'" in line for line in report["advisory"])  # type: ignore[attr-defined]
 

@@ -23,9 +23,11 @@ GATE = "gate"
 class _GateByDefault(TyperGroup):
     """`loraforge eval CONFIG ...` is `loraforge eval gate CONFIG ...`, as it was before eval had subcommands."""
 
+    default_command = GATE  # what arguments that name no subcommand run (tests/test_docs_commands.py reads it)
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
-            args = [GATE, *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 

@@ -1,12 +1,14 @@
 """How far the judge agrees with people: accuracy and Cohen's kappa on a labelled set.
 
 A labels file is jsonl, one answer a row: {"prompt", "answer", "rubric", "label"} and optionally
-"scale" ("pass/fail", the default, or "1-5"), "reference" and "id". The judge grades every
-answer with the gate's own prompt; a reply it cannot read counts as a disagreement (its own
-category, which no person used). Per scale: accuracy = share of rows where judge and label
-agree; kappa = (p_o - p_e) / (1 - p_e), p_e the agreement two raters with these label
-frequencies reach by chance. The result is stored where the gate reads it
-(eval.judge.calibration, else LORAFORGE_HOME/judge-calibration/), keyed by endpoint and model.
+"scale" ("pass/fail", the default, or "1-5"), "reference" and "id"; a "pairwise" row adds
+"answer_b" and labels which answer is better ("A", "B" or "tie"). The judge grades every row with
+the gate's own prompt (pairwise: in both orders, a winner only when both agree, as in the gate);
+a reply it cannot read counts as a disagreement (its own category, which no person used). Per
+scale: accuracy = share of rows where judge and label agree; kappa = (p_o - p_e) / (1 - p_e),
+p_e the agreement two raters with these label frequencies reach by chance. The result is stored
+where the gate reads it (eval.judge.calibration, else LORAFORGE_HOME/judge-calibration/), keyed
+by endpoint and model.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any
 from loraforge.config import JudgeSpec
 from loraforge.errors import EvalError
 from loraforge.evaluate.checks import JUDGE_SCALES
-from loraforge.evaluate.judge import Judge, single_request
+from loraforge.evaluate.judge import Judge, Judgement, JudgeRequest, pairwise_request, single_request
 from loraforge.files import loraforge_home, sha256_file, write_json_atomic
 
 UNREAD = "unreadable"  # the judge's label for a reply read_reply could not read
+SCALES = (*JUDGE_SCALES, "pairwise")
 
 
 def cohen_kappa(first: Sequence[str], second: Sequence[str]) -> float:
@@ -50,6 +53,7 @@ class LabelRow:
     scale: str
     label: str
     reference: str = ""
+    answer_b: str = ""  # pairwise rows: the answer compared with `answer`
 
 
 def _row_problems(row: Any) -> list[str]:
@@ -59,10 +63,12 @@ def _row_problems(row: Any) -> list[str]:
     if not isinstance(row.get("answer"), str):
         problems.append("'answer' must be a string (the answer a person labelled)")
     scale = row.get("scale", "pass/fail")
-    if scale not in JUDGE_SCALES:
-        problems.append(f"'scale' is {scale!r}; use one of {', '.join(repr(s) for s in JUDGE_SCALES)}")
+    if scale == "pairwise" and not isinstance(row.get("answer_b"), str):
+        problems.append("a pairwise row needs 'answer_b', the answer compared with 'answer'")
+    if scale not in SCALES:
+        problems.append(f"'scale' is {scale!r}; use one of {', '.join(repr(s) for s in SCALES)}")
     elif _label(scale, row.get("label")) is None:
-        allowed = '"pass" or "fail"' if scale == "pass/fail" else "a whole number 1 to 5"
+        allowed = {"pass/fail": '"pass" or "fail"', "1-5": "a whole number 1 to 5"}.get(scale, '"A", "B" or "tie"')
         problems.append(f"'label' is {row.get('label')!r}; on the {scale!r} scale use {allowed}")
     return problems
 
@@ -72,6 +78,9 @@ def _text(value: Any) -> bool:
 
 
 def _label(scale: str, value: Any) -> str | None:
+    if scale == "pairwise":
+        text = value.strip() if isinstance(value, str) else ""
+        return {"a": "A", "b": "B", "tie": "tie"}.get(text.lower())
     if scale == "pass/fail":
         text = str(value).strip().lower() if isinstance(value, str | bool) else ""
         return {"pass": "pass", "fail": "fail", "true": "pass", "false": "fail"}.get(text)
@@ -103,7 +112,7 @@ def read_labels(path: Path) -> list[LabelRow]:
             scale = raw.get("scale", "pass/fail")
             rows.append(LabelRow(
                 str(raw.get("id") or f"{path.stem}:{number}"), raw["prompt"], raw["answer"], raw["rubric"], scale,
-                str(_label(scale, raw["label"])), str(raw.get("reference") or ""),
+                str(_label(scale, raw["label"])), str(raw.get("reference") or ""), str(raw.get("answer_b") or ""),
             ))  # fmt: skip
     problems += _spread_problems(path, rows)
     if problems:
@@ -156,16 +165,38 @@ def agreement(human: Sequence[str], judged: Sequence[str]) -> Agreement:
     return Agreement(n, agree / n, cohen_kappa(human, judged), sum(j == UNREAD for j in judged))
 
 
+def _requests(row: LabelRow) -> list[JudgeRequest]:
+    if row.scale == "pairwise":
+        return [
+            pairwise_request(row.rubric, row.prompt, row.answer, row.answer_b, row.reference),
+            pairwise_request(row.rubric, row.prompt, row.answer_b, row.answer, row.reference),
+        ]
+    return [single_request(row.scale, row.rubric, row.prompt, row.answer, row.reference)]  # type: ignore[arg-type]
+
+
+def _judged(row: LabelRow, judgements: Sequence[Judgement]) -> tuple[str, str]:
+    """The judge's label for a row, and why it is unreadable; pairwise: "A" or "B" only when both orders agree."""
+    readings = [j.reading for j in judgements]
+    errors = [r.error for r in readings if r.label is None]
+    if errors:
+        return UNREAD, errors[0]
+    if row.scale != "pairwise":
+        return str(readings[0].label), ""
+    first, second = readings[0].label, readings[1].label
+    return {("A", "B"): "A", ("B", "A"): "B"}.get((str(first), str(second)), "tie"), ""
+
+
 def calibrate(rows: Sequence[LabelRow], judge: Judge) -> Calibration:
-    """Ask the judge about every labelled answer (cached like the gate's) and measure agreement per scale."""
-    requests = [single_request(r.scale, r.rubric, r.prompt, r.answer, r.reference) for r in rows]  # type: ignore[arg-type]
-    judgements = judge.ask_all(requests)
+    """Ask the judge about every labelled row (cached like the gate's) and measure agreement per scale."""
+    asked = [_requests(r) for r in rows]
+    answered = iter(judge.ask_all([request for requests in asked for request in requests]))
     table: list[dict[str, Any]] = []
-    for row, judgement in zip(rows, judgements, strict=True):
-        reading = judgement.reading
+    for row, requests in zip(rows, asked, strict=True):
+        judgements = [next(answered) for _ in requests]
+        label, error = _judged(row, judgements)
         table.append({
-            "id": row.id, "scale": row.scale, "human": row.label, "judge": reading.label or UNREAD,
-            "error": reading.error, "reply": judgement.reply, "cached": judgement.cached,
+            "id": row.id, "scale": row.scale, "human": row.label, "judge": label, "error": error,
+            "replies": [j.reply for j in judgements], "cached": [j.cached for j in judgements],
         })  # fmt: skip
     scales = {}
     for scale in dict.fromkeys(r.scale for r in rows):

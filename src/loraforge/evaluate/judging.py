@@ -141,12 +141,6 @@ def judge_rows(rows: Sequence[RowResult], roles: Sequence[str], judge: Judge) ->
                     row.failures.setdefault(role, []).append(f"judge: {outcome.detail}")
 
 
-def _uncovered(kinds: Sequence[str]) -> str:
-    if "pairwise" in kinds:  # labels rate one answer each: no calibration reaches pairwise judging yet
-        return "pairwise judging has no calibration yet (labels rate single answers)"
-    return f"the calibration has no {', '.join(repr(k) for k in kinds)} rows; add labelled ones"
-
-
 def slice_standing(
     rows: Sequence[RowResult],
     roles: Sequence[str],
@@ -163,7 +157,7 @@ def slice_standing(
     missing = [kind for kind in kinds if kind not in scales]
     kappa = min((scales[k].kappa for k in kinds if k in scales), default=None)
     if missing:
-        why = uncalibrated or _uncovered(missing)
+        why = uncalibrated or f"the calibration has no {', '.join(repr(k) for k in missing)} rows; add labelled ones"
     elif kappa is not None and kappa < min_agreement:
         why = f"the judge's kappa {kappa:.2f} is below eval.judge.min_agreement {min_agreement:.2f}"
     else:
