@@ -218,6 +218,21 @@ def test_the_report_shows_each_judge_slice_with_its_agreement() -> None:
     )
 
 
+def test_a_judge_gate_s_summary_is_a_valid_manifest_eval_entry() -> None:
+    from manifests import valid_manifest
+
+    from loraforge.evaluate.gate import GateReport
+    from loraforge.models.manifest import manifest_problems
+
+    rows = _rows("judged", [True] * 4, [False] * 4, judged=True) + _rows("plain", [True] * 2, [True] * 2, False)
+    slices, decision = _decide(rows, decides=False)
+    report = GateReport(decision.verdict, decision.reasons, decision.improvements, slices, rows, ["base", "adapter"],
+                        advisory=decision.advisory)  # fmt: skip
+    manifest = {**valid_manifest("sha256:" + "0" * 64), "eval": report.summary()}
+    assert manifest_problems(manifest) == []
+    assert report.summary()["judge"]["judged"]["decides"] is False and report.summary()["advisory"]
+
+
 def test_the_bundled_labels_are_valid_and_balanced() -> None:
     rows = read_labels(LABELS)
     pass_fail = [r for r in rows if r.scale == "pass/fail"]

@@ -143,14 +143,17 @@ class GateReport:
     def summary(self) -> dict[str, Any]:
         """What the adapter manifest records under "eval": verdict, reasons and per-slice scores."""
         slices = {
-            name: {k: v for k, v in s.to_dict().items() if not k.endswith("_passed")} for name, s in self.slices.items()
+            name: {k: v for k, v in s.to_dict().items() if not k.endswith("_passed") and k != "judge"}
+            for name, s in self.slices.items()
         }
+        judged = {name: s.judge for name, s in self.slices.items() if s.judge is not None}
         return {
             "verdict": self.verdict,
             "reasons": list(self.reasons),
             "advisory": list(self.advisory),
             "notes": list(self.notes),
             "slices": slices,
+            **({"judge": judged} if judged else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
