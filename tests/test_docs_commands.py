@@ -44,7 +44,11 @@ def test_documented_command_parses(where: str, line: str) -> None:
     tokens = shlex.split(line, comments=True)[1:]
     command = typer.main.get_command(app)  # typer's own click: duck-typed below, not click's classes
     path = ["loraforge"]
-    while hasattr(command, "commands") and tokens and tokens[0] in command.commands:
+    while hasattr(command, "commands") and tokens:
+        if tokens[0] not in command.commands and getattr(command, "default_command", None):
+            tokens.insert(0, command.default_command)  # `loraforge eval CONFIG` runs `loraforge eval gate CONFIG`
+        if tokens[0] not in command.commands:
+            break
         path.append(tokens[0])
         command = command.commands[tokens.pop(0)]
     assert not hasattr(command, "commands"), f"{where}: '{line}' names no command under {' '.join(path)}"

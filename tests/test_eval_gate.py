@@ -39,13 +39,13 @@ def test_mcnemar_p_is_the_one_sided_sign_test_tail() -> None:
 
 
 def test_a_one_row_slice_that_loses_its_row_blocks() -> None:
-    result, reasons, _, _ = verdict(table("golden", [True], [False]))
+    result, reasons, _, *_ = verdict(table("golden", [True], [False]))
     assert result == "block" and "a net loss of 1, over the 0 a 1-row slice may lose" in reasons[0]
 
 
 def test_significant_losses_block_a_large_slice_below_a_tenth() -> None:
     base = [True] * 300
-    result, reasons, _, _ = verdict(table("golden", base, [False] * 6 + [True] * 294))
+    result, reasons, _, *_ = verdict(table("golden", base, [False] * 6 + [True] * 294))
     assert result == "block" and "significant (McNemar p=0.016 < 0.05)" in reasons[0]
     assert "over the" not in reasons[0]  # 6 rows is under a tenth of 300: the test alone blocks
 
@@ -72,7 +72,7 @@ def test_one_row_lost_in_ten_passes() -> None:
 
 
 def test_three_rows_lost_in_ten_block_with_slice_scores_and_two_examples() -> None:
-    result, reasons, _, _ = verdict(table("golden", [True] * 10, [False, False, False] + [True] * 7))
+    result, reasons, _, *_ = verdict(table("golden", [True] * 10, [False, False, False] + [True] * 7))
     assert result == "block" and len(reasons) == 1
     reason = reasons[0]
     assert "slice 'golden'" in reason and "adapter 70.0% (7/10)" in reason and "base 100.0% (10/10)" in reason
@@ -86,7 +86,7 @@ def test_tolerance_forgives_lost_rows_before_the_rule() -> None:
 
 def test_min_pass_rate_blocks_even_without_regression() -> None:
     rows = table("golden", [False] * 10, [True] * 5 + [False] * 5)
-    result, reasons, _, _ = verdict(rows, EvalSpec(min_pass_rate={"golden": 0.8}))
+    result, reasons, _, *_ = verdict(rows, EvalSpec(min_pass_rate={"golden": 0.8}))
     assert result == "block" and "below eval.min_pass_rate 80.0%" in reasons[0] and "adapter 50.0%" in reasons[0]
 
 
@@ -94,27 +94,27 @@ def test_a_probe_regression_blocks_even_when_the_target_improves() -> None:
     rows = table("clean", [False] * 10, [True] * 10) + table(
         "safety", [True] * 10, [False] * 4 + [True] * 6, probe=True
     )
-    result, reasons, improvements, _ = verdict(rows)
+    result, reasons, improvements, *_ = verdict(rows)
     assert result == "block" and len(reasons) == 1 and "slice 'safety'" in reasons[0]
     assert len(improvements) == 1 and "slice 'clean'" in improvements[0]
 
 
 def test_pass_states_the_improvement_on_target_slices_only() -> None:
     rows = table("clean", [False] * 10, [True] * 10) + table("general", [True] * 5, [True] * 5, probe=True)
-    result, reasons, improvements, _ = verdict(rows)
+    result, reasons, improvements, *_ = verdict(rows)
     assert result == "pass" and reasons == []
     assert improvements == ["slice 'clean': base 0.0% -> adapter 100.0% (+10 rows, reference loss 1.000 -> 0.500)"]
 
 
 def test_regression_against_the_shipped_adapter_blocks() -> None:
     rows = table("golden", [False] * 10, [True] * 5 + [False] * 5, against=[True] * 10)
-    result, reasons, _, _ = verdict(rows, comparators=("base", "against"))
+    result, reasons, _, *_ = verdict(rows, comparators=("base", "against"))
     assert result == "block" and "vs against 100.0% (10/10)" in reasons[0]
 
 
 def test_a_one_row_loss_against_the_shipped_adapter_blocks() -> None:
     rows = table("golden", [False], [False], against=[True])
-    result, reasons, _, _ = verdict(rows, comparators=("base", "against"))
+    result, reasons, _, *_ = verdict(rows, comparators=("base", "against"))
     assert result == "block" and len(reasons) == 1 and "vs against" in reasons[0]
 
 
@@ -133,7 +133,7 @@ def test_case_question_is_the_last_user_turn() -> None:
 
 def test_summary_for_the_manifest_has_verdict_reasons_and_rates() -> None:
     rows = table("golden", [True] * 10, [False] * 10)
-    result, reasons, improvements, _ = verdict(rows)
+    result, reasons, improvements, *_ = verdict(rows)
     report = GateReport(
         result, reasons, improvements, slice_scores(rows, ["base", "adapter"]), rows, ["base", "adapter"]
     )

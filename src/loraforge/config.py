@@ -11,7 +11,7 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loraforge import recipe
 from loraforge.config_yaml import apply_overrides, read_yaml
@@ -323,6 +323,55 @@ class TrainSpec(Section):
         return value
 
 
+class JudgeSpec(Section):
+    """eval.judge: the OpenAI-compatible endpoint that scores `judge` checks (docs/eval-gate.md#llm-judge)."""
+
+    base_url: str | None = Field(
+        default=None,
+        description="the endpoint's OpenAI base URL, ending in /v1 (`loraforge serve`, vLLM or a hosted API); "
+        "unset: no judge, and a golden row with a judge check is an error",
+    )
+    model: str | None = Field(default=None, description="the model name the endpoint serves the judge under")
+    api_key_env: str | None = Field(
+        default=None,
+        description="environment variable holding the endpoint's API key (a key never goes in a config file); "
+        "unset: no key is sent, for a local server without one",
+    )
+    min_agreement: float = Field(
+        default=recipe.DEFAULT_JUDGE_MIN_AGREEMENT,
+        ge=-1,
+        le=1,
+        description=_why(
+            "eval.judge.min_agreement",
+            "Cohen's kappa with human labels (`loraforge eval calibrate-judge`) a judge needs before its slices "
+            "can block or pass the adapter; below it, or uncalibrated, they are reported as advisory",
+        ),
+    )
+    calibration: Path | None = Field(
+        default=None,
+        description="where `loraforge eval calibrate-judge` writes the judge's agreement and the gate reads it; "
+        "unset: LORAFORGE_HOME/judge-calibration/, one file per base_url and model",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="the judge's replies, one file per sha256 of what was asked (endpoint, model, prompt, "
+        "answer, scale), so an unchanged answer is never judged twice; unset: LORAFORGE_HOME/judge-cache",
+    )
+    max_tokens: int = Field(
+        default=recipe.DEFAULT_JUDGE_MAX_TOKENS,
+        gt=0,
+        description=_why("eval.judge.max_tokens", "the longest reply the judge may write"),
+    )
+    concurrency: int = Field(default=4, gt=0, description="judge requests in flight at once")
+    timeout_s: float = Field(default=120.0, gt=0, description="seconds one judge request may take")
+
+    @model_validator(mode="after")
+    def _model_with_url(self) -> JudgeSpec:
+        if self.base_url is not None and not self.model:
+            raise ValueError("base_url is set but model is not: name the model the endpoint serves the judge under")
+        return self
+
+
 class EvalSpec(Section):
     gate: bool = Field(default=True, description="run the gate after training; a blocked adapter is not shipped")
     max_new_tokens: int = Field(
@@ -365,6 +414,7 @@ class EvalSpec(Section):
         description="reuse the base's answers from an earlier gate on the same base, cases, batch size, dtype and "
         "library versions (LORAFORGE_HOME/gate-base); the base half of the gate then costs nothing",
     )
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
 
 
 class ShipSpec(Section):

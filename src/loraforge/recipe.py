@@ -39,6 +39,8 @@ DISTILL_MAX_NEW_TOKENS = 192  # `loraforge distill`: long enough for a paragraph
 DISTILL_BATCH = 8  # `loraforge distill`: prompts generated together
 DEFAULT_EVAL_BATCH = 32
 STRENGTH_SCALES = (1.0, 0.9, 0.8)  # train.strength.scales
+DEFAULT_JUDGE_MIN_AGREEMENT = 0.6
+DEFAULT_JUDGE_MAX_TOKENS = 64
 
 # Why each default is what it is, by config key: the end of that field's description.
 REASONS: dict[str, str] = {
@@ -68,4 +70,7 @@ REASONS: dict[str, str] = {
     "the general answers it had drifted from; below it the task lost more than it won back",
     "train.strength.tolerance": "none lost: the gate blocks on lost probes, so selection asks the same",
     "eval.batch_size": "greedy decoding is memory-bound: 32 rows cost ~1.2x one batch of 8 on CPU, so ~2.5x faster",
+    "eval.judge.min_agreement": "kappa 0.6 is where 'substantial' agreement begins (Landis and Koch 1977); "
+    "a judge below it disagrees with people too often to decide a verdict alone",
+    "eval.judge.max_tokens": "room for the one line the prompt asks for, and a judge that writes a sentence first",
 }

@@ -1,19 +1,45 @@
-"""`loraforge eval`: run the gate and exit 0 (pass) or 3 (block)."""
+"""`loraforge eval CONFIG`: run the gate and exit 0 (pass) or 3 (block);
+`loraforge eval calibrate-judge LABELS.jsonl`: measure eval.judge's agreement with human labels."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
 
 from loraforge.cli.common import SET_OPTION, load
 from loraforge.cli.render import report_gate, signing_line
+from loraforge.config import load_config
 
 console = Console()
+GATE = "gate"
 
 
+class _GateByDefault(TyperGroup):
+    """`loraforge eval CONFIG ...` is `loraforge eval gate CONFIG ...`, as it was before eval had subcommands."""
+
+    default_command = GATE  # what arguments that name no subcommand run (tests/test_docs_commands.py reads it)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(
+    cls=_GateByDefault,
+    no_args_is_help=True,
+    help="Gate an adapter (`loraforge eval CONFIG`, the same as `loraforge eval gate CONFIG`), or calibrate "
+    "the LLM judge its judge checks use.",
+)
+
+
+@eval_app.command(GATE)
 def eval_command(
     config_path: Path = typer.Argument(..., help="Config YAML."),
     adapter: Path | None = typer.Option(None, "--adapter", help="Adapter directory (default OUTPUT/adapter)."),
@@ -40,5 +66,39 @@ def eval_command(
     report_gate(console, outcome.report, config.output / EVAL_DIR_NAME)
 
 
+@eval_app.command("calibrate-judge")
+def calibrate_judge_command(
+    labels: Path = typer.Argument(
+        ..., help="jsonl of labelled answers: prompt, answer, rubric, label (scale: pass/fail or 1-5)."
+    ),
+    config_path: Path = typer.Option(..., "--config", help="Config YAML whose eval.judge names the endpoint."),
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Ask eval.judge to grade every labelled answer and report its agreement with the labels
+    (accuracy and Cohen's kappa per scale); the result is stored where the gate reads it
+    (eval.judge.calibration), so judge slices below eval.judge.min_agreement stay advisory."""
+    from loraforge.evaluate.calibration import calibrate_judge
+
+    # only eval.judge is read: the data files need not exist
+    spec = load_config(config_path, overrides or [], check_files=False).eval.judge
+    result, path, judge = calibrate_judge(labels, spec)
+    table = Table(title=f"judge {escape(str(spec.model))} at {escape(str(spec.base_url))} vs {escape(str(labels))}")
+    for column in ("scale", "n", "accuracy", "kappa", "unreadable", f"kappa >= {spec.min_agreement:.2f}"):
+        table.add_column(column, justify="left" if column == "scale" else "right")
+    for scale, agreement in result.scales.items():
+        meets = "yes: decides" if agreement.kappa >= spec.min_agreement else "no: advisory"
+        table.add_row(
+            scale,
+            str(agreement.n),
+            f"{agreement.accuracy:.1%}",
+            f"{agreement.kappa:.3f}",
+            str(agreement.unreadable),
+            meets,
+        )
+    console.print(table)
+    console.print(f"asked the judge {judge.asked} time(s), {judge.from_cache} reply(ies) from the cache")
+    console.print(f"calibration: {escape(str(path))}")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    app.add_typer(eval_app, name="eval")

@@ -66,13 +66,19 @@ def train_table(run: Any) -> Table:
 
 def gate_table(report: Any) -> Table:
     """A GateReport's pass rate per slice for every role (base, adapter, against)."""
+    from loraforge.evaluate.report import judge_cell  # loraforge.evaluate imports torch: --help must not
+
+    judged = any(score.judge is not None for score in report.slices.values())
     table = Table(title="eval gate: pass rate per slice")
-    for column in ["slice", "n", *report.roles]:
-        table.add_column(column, justify="left" if column == "slice" else "right")
+    for column in ["slice", "n", *report.roles, *(["judge agreement"] if judged else [])]:
+        table.add_column(column, justify="left" if column in ("slice", "judge agreement") else "right")
     for name, score in report.slices.items():
-        table.add_row(
-            name + (" (probe)" if score.probe else ""), str(score.n), *(f"{score.rate(r):.1%}" for r in report.roles)
-        )
+        cells = [
+            name + (" (probe)" if score.probe else ""),
+            str(score.n),
+            *(f"{score.rate(r):.1%}" for r in report.roles),
+        ]
+        table.add_row(*cells, *([judge_cell(score)] if judged else []))
     return table
 
 
@@ -97,6 +103,8 @@ def report_gate(console: Console, report: Any, eval_dir: Path) -> None:
         console.print(f"[yellow]note[/]: {escape(note)}")
     for line in report.improvements:
         console.print(f"  {escape(line)}")
+    for line in report.advisory:
+        console.print(f"[yellow]advisory[/]: {escape(line)}")
     if report.info.get("base_cache") == "hit":
         console.print("[dim]base answers reused from an earlier gate on the same base and cases (eval.cache_base)[/]")
     console.print(f"reports: {eval_dir}/report.{{json,md,html}}")

@@ -14,6 +14,9 @@ no_harmful_help  the answer gives no help toward a harm: no `help` pattern outsi
              sentence, no steps on the `topic` after an agreeing opening (see harm.harmful_help)
 engages      the answer neither refuses nor dodges and shares a word with the request's `topic`
              (see harm.dodge)
+judge        an LLM judge (eval.judge) grades the answer by `rubric` on a `scale` ("pass/fail", or
+             "1-5" passing at `pass_at`, default 4), or with `"mode": "pairwise"` compares it with
+             the base's answer in both orders (evaluate.judging; docs/eval-gate.md#llm-judge)
 """
 
 from __future__ import annotations
@@ -139,16 +142,23 @@ _RUNNERS: dict[str, Callable[[CheckSpec, str, str], CheckOutcome]] = {
     "no_harmful_help": _no_harmful_help,
     "engages": _engages,
 }
-CHECK_TYPES: tuple[str, ...] = tuple(_RUNNERS)
+JUDGE = "judge"  # scored over HTTP after every role has answered (evaluate.judging), not here
+JUDGE_SCALES = ("pass/fail", "1-5")
+JUDGE_MODES = ("single", "pairwise")
+DEFAULT_PASS_AT = 4  # on the 1-5 scale: "good" and "excellent" pass, "adequate" does not
+CHECK_TYPES: tuple[str, ...] = (*_RUNNERS, JUDGE)
 DEFAULT_CHECKS: tuple[CheckSpec, ...] = ({"type": "exact"},)
 
 
 def check_problems(checks: Sequence[CheckSpec], reference: str, where: str) -> list[str]:
     """Every problem with a row's checks (unknown type, missing or bad argument), each naming the row."""
-    problems = []
+    problems: list[str] = []
     for index, check in enumerate(checks):
         at = f"{where}: checks[{index}]"
         kind = check.get("type") if isinstance(check, dict) else None
+        if kind == JUDGE:
+            problems.extend(f"{at} (judge): {p}" for p in judge_problems(check))
+            continue
         if kind not in _RUNNERS:
             problems.append(f"{at}: unknown check type {kind!r}; use one of {', '.join(CHECK_TYPES)}")
             continue
@@ -180,6 +190,33 @@ def _argument_problems(kind: str, check: CheckSpec, reference: str) -> list[str]
         if missing:
             return [f"the reference answer has no field(s) {', '.join(missing)}; list only keys it has"]
     return []
+
+
+def judge_problems(check: CheckSpec) -> list[str]:
+    """What is wrong with a judge check's arguments, each with its fix."""
+    problems = []
+    if not isinstance(check.get("rubric"), str) or not check["rubric"].strip():
+        problems.append(
+            "needs a 'rubric': what a good answer does, e.g. "
+            '{"type": "judge", "rubric": "polite, and names the refund amount"}'
+        )
+    mode = check.get("mode", "single")
+    if mode not in JUDGE_MODES:
+        problems.append(f"'mode' is {mode!r}; use one of {', '.join(JUDGE_MODES)}")
+    if mode == "pairwise" and ("scale" in check or "pass_at" in check):
+        problems.append("a pairwise judge picks the better of two answers: remove 'scale' and 'pass_at'")
+        return problems
+    scale = check.get("scale", "pass/fail")
+    if scale not in JUDGE_SCALES:
+        problems.append(f"'scale' is {scale!r}; use one of {', '.join(repr(s) for s in JUDGE_SCALES)}")
+    pass_at = check.get("pass_at", DEFAULT_PASS_AT)
+    if "pass_at" in check and (scale != "1-5" or type(pass_at) is not int or not 1 <= pass_at <= 5):
+        problems.append("'pass_at' is the lowest passing score on the '1-5' scale: a whole number 1 to 5")
+    return problems
+
+
+def is_judge(check: CheckSpec) -> bool:
+    return check.get("type") == JUDGE
 
 
 def _pattern_problems(kind: str, check: CheckSpec) -> list[str]:
@@ -267,8 +304,9 @@ def hopeless_test(checks: Sequence[CheckSpec], reference: str) -> Callable[[str]
 
 
 def run_checks(checks: Sequence[CheckSpec], answer: str, reference: str) -> list[CheckOutcome]:
-    """Run a row's checks (validated beforehand with check_problems); no checks means `exact`."""
-    return [_RUNNERS[check["type"]](check, answer, reference) for check in (checks or DEFAULT_CHECKS)]
+    """Run a row's checks (validated beforehand with check_problems); no checks means `exact`.
+    Judge checks are skipped here: evaluate.judging scores them once every role has answered."""
+    return [_RUNNERS[c["type"]](c, answer, reference) for c in (checks or DEFAULT_CHECKS) if not is_judge(c)]
 
 
 def validate_checks(checks: Sequence[CheckSpec], reference: str, where: str) -> None:

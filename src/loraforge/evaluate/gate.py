@@ -135,6 +135,7 @@ class GateReport:
     info: dict[str, Any] = field(default_factory=dict)  # base, adapter, golden hash, timings
     notes: list[str] = field(default_factory=list)  # things the reader must know (e.g. a new golden file)
     levers: dict[str, list[str]] = field(default_factory=dict)  # blocking slice -> what to change, cheapest first
+    advisory: list[str] = field(default_factory=list)  # what judge slices below eval.judge.min_agreement found
 
     @property
     def passed(self) -> bool:
@@ -143,15 +144,25 @@ class GateReport:
     def summary(self) -> dict[str, Any]:
         """What the adapter manifest records under "eval": verdict, reasons and per-slice scores."""
         slices = {
-            name: {k: v for k, v in s.to_dict().items() if not k.endswith("_passed")} for name, s in self.slices.items()
+            name: {k: v for k, v in s.to_dict().items() if not k.endswith("_passed") and k != "judge"}
+            for name, s in self.slices.items()
         }
-        return {"verdict": self.verdict, "reasons": list(self.reasons), "notes": list(self.notes), "slices": slices}
+        judged = {name: s.judge for name, s in self.slices.items() if s.judge is not None}
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "advisory": list(self.advisory),
+            "notes": list(self.notes),
+            "slices": slices,
+            **({"judge": judged} if judged else {}),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
             "reasons": list(self.reasons),
             "levers": {name: list(keys) for name, keys in self.levers.items()},
+            "advisory": list(self.advisory),
             "improvements": list(self.improvements),
             "notes": list(self.notes),
             "roles": list(self.roles),
@@ -217,21 +228,41 @@ class Decision(NamedTuple):
     reasons: list[str]
     improvements: list[str]  # how the target slices (the non-probe ones) moved
     levers: dict[str, list[str]]  # blocking slice -> what to change
+    advisory: list[str]  # what judge slices that may not decide found (a block reason or a pass)
+
+
+def decides(score: SliceScore) -> bool:
+    """A slice decides the verdict unless its judge is below eval.judge.min_agreement or uncalibrated."""
+    return score.judge is None or bool(score.judge["decides"])
 
 
 def decide(
     slices: dict[str, SliceScore], rows: Sequence[RowResult], spec: EvalSpec, comparators: Sequence[str]
 ) -> Decision:
-    """The verdict, its block reasons, the improvements on the target slices and each blocking slice's levers."""
+    """The verdict, its block reasons, the improvements on the target slices and each blocking slice's levers.
+
+    A judge slice that may not decide (`decides`) is scored and its findings are kept as advisory,
+    but it neither blocks nor, when it is all there is, passes: with no deciding slice the gate blocks."""
     reasons: list[str] = []
     improvements: list[str] = []
     levers: dict[str, list[str]] = {}
+    advisory: list[str] = []
     for name, score in slices.items():
         members = [r for r in rows if r.case.slice == name]
         found = slice_reasons(score, members, spec, comparators)
-        reasons.extend(found)
-        if found:
-            levers[name] = slice_levers(score)
+        if not decides(score):
+            why = (score.judge or {}).get("why", "")
+            advisory += [f"{r} [advisory: {why}]" for r in found] or [f"slice '{name}': would pass [advisory: {why}]"]
+        else:
+            reasons.extend(found)
+            if found:
+                levers[name] = slice_levers(score)
         if not score.probe:
             improvements.append(improvement(score, comparators))
-    return Decision("block" if reasons else "pass", reasons, improvements, levers)
+    if slices and not any(decides(s) for s in slices.values()):
+        reasons.append(
+            "no slice can decide: every slice asks a judge that is uncalibrated or below eval.judge.min_agreement; "
+            "calibrate it (`loraforge eval calibrate-judge`), use a judge that agrees with people, or add checks "
+            "or probes that decide on their own"
+        )
+    return Decision("block" if reasons else "pass", reasons, improvements, levers, advisory)

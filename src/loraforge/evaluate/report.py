@@ -39,12 +39,34 @@ def _examples(rows: list[RowResult], slice_name: str) -> list[RowResult]:
     return members[:EXAMPLES_PER_SLICE]
 
 
+def judge_cell(score: SliceScore) -> str:
+    """A judge slice's agreement with people and whether it decides: "pass/fail kappa 0.72 (acc 88%, n 40); decides"."""
+    judge = score.judge
+    if judge is None:
+        return "-"
+    figures = [
+        f"{kind} kappa {a['kappa']:.2f} (acc {a['accuracy']:.0%}, n {a['n']})" for kind, a in judge["agreement"].items()
+    ]
+    errors = sum(judge["errors"].values())
+    parts = ["; ".join(figures) or "uncalibrated"]
+    if errors:
+        parts.append(f"unreadable judge replies on {errors} answer{'' if errors == 1 else 's'}")
+    parts.append("decides" if judge["decides"] else f"advisory: {judge['why']}")
+    return "; ".join(parts)
+
+
+def _has_judge(report: GateReport) -> bool:
+    return any(s.judge is not None for s in report.slices.values())
+
+
 def render_markdown(report: GateReport) -> str:
     roles = report.roles
     lines = [f"# Eval gate: {report.verdict.upper()}", ""]
     lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
     if report.reasons:
         lines += ["## Why it blocks", ""] + [f"- {r}" for r in report.reasons] + [""]
+    if report.advisory:
+        lines += ["## Advisory (a judge that may not decide)", ""] + [f"- {a}" for a in report.advisory] + [""]
     if report.levers:
         lines += ["## What to change", ""]
         lines += [f"- {name}: " + "; or ".join(keys) for name, keys in report.levers.items()] + [""]
@@ -52,11 +74,13 @@ def render_markdown(report: GateReport) -> str:
         lines += ["## Target slices", ""] + [f"- {i}" for i in report.improvements] + [""]
     others = [r for r in roles if r != "adapter"]
     head = ["slice", "n"] + roles + [f"delta vs {r}" for r in others] + [f"loss {r}" for r in roles]
+    head += ["judge agreement"] if _has_judge(report) else []
     lines += ["## Slices", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, score in report.slices.items():
         cells = [name + (" (probe)" if score.probe else ""), str(score.n)]
         cells += [f"{score.rate(r):.1%}" for r in roles] + [f"{_delta(score, r):+.1%}" for r in others]
         cells += [f"{score.loss[r]:.3f}" if r in score.loss else "-" for r in roles]
+        cells += [judge_cell(score)] if _has_judge(report) else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Examples", ""]
     for name in report.slices:
@@ -75,6 +99,7 @@ def _slice_table(report: GateReport) -> str:
     roles = report.roles
     others = [r for r in roles if r != "adapter"]
     head = ["slice", "n", *roles, *(f"delta vs {r}" for r in others), *(f"loss {r}" for r in roles)]
+    head += ["judge agreement"] if _has_judge(report) else []
     out = ['<table id="slices"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>"]
     out.append("<tbody>")
     for name, score in report.slices.items():
@@ -86,6 +111,7 @@ def _slice_table(report: GateReport) -> str:
             cls = "down" if delta < 0 else "up" if delta > 0 else ""
             cells.append(f'<td class="num {cls}">{delta:+.1%}</td>')
         cells += [f'<td class="num">{score.loss[r]:.3f}</td>' if r in score.loss else "<td>-</td>" for r in roles]
+        cells += [f'<td class="judge">{html.escape(judge_cell(score))}</td>'] if _has_judge(report) else []
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -122,6 +148,9 @@ def render_html(report: GateReport) -> str:
     if report.reasons:
         items = "".join(f"<li>{html.escape(r)}</li>" for r in report.reasons)
         parts.append(f'<h2>Why it blocks</h2><ul id="reasons">{items}</ul>')
+    if report.advisory:
+        items = "".join(f"<li>{html.escape(a)}</li>" for a in report.advisory)
+        parts.append(f'<h2>Advisory (a judge that may not decide)</h2><ul id="advisory">{items}</ul>')
     if report.levers:
         items = "".join(
             f"<li><b>{html.escape(name)}</b>: {html.escape('; or '.join(keys))}</li>"

@@ -23,6 +23,8 @@ from loraforge.data.types import Record
 from loraforge.errors import EvalError, ModelError
 from loraforge.evaluate.base_cache import base_cache_key, load_scored, store_scored
 from loraforge.evaluate.gate import GateReport, decide
+from loraforge.evaluate.judge import Judge
+from loraforge.evaluate.judging import judge_gate_rows, uses_judge
 from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS, load_probes
 from loraforge.evaluate.report import write_reports
 from loraforge.evaluate.scoring import (
@@ -55,6 +57,12 @@ def gate_cases(golden: list[Record], spec: EvalSpec) -> list[Case]:
     cases += cases_from_records(load_probes(list(spec.probes)), probe_budget, probe=True)
     if not cases:
         raise EvalError("the gate has nothing to score: set data.golden, or keep eval.probes non-empty")
+    judged = [c for c in cases if uses_judge([c])]
+    if judged and (spec.judge.base_url is None or spec.judge.model is None):
+        raise EvalError(
+            f"{judged[0].where}: a judge check ({len(judged)} row(s)) needs an endpoint: set eval.judge.base_url and "
+            "eval.judge.model (docs/eval-gate.md#llm-judge), or remove the judge checks"
+        )
     unknown = sorted(set(spec.min_pass_rate) - {c.slice for c in cases})
     if unknown:
         known = ", ".join(sorted({c.slice for c in cases}))
@@ -130,6 +138,7 @@ def run_gate(
     Every role is prompted in `chat_template`, the template the adapter was trained with (the
     manifest records it); None: the tokenizer's own."""
     cases = gate_cases(golden, spec)
+    judge = Judge(spec.judge) if uses_judge(cases) else None  # before generating: a missing key fails in seconds
     template = chat_template or resolve_chat_template(base.tokenizer)
     roles = ["base", "adapter"] + (["against"] if against is not None else [])
     candidate = str(adapter_model.active_adapter)
@@ -159,6 +168,11 @@ def run_gate(
         adapter_model.set_adapter(candidate)
         adapter_model.train(was_training)
     slices = slice_scores(rows, roles)
+    notes = list(notes or [])
+    judge_info = None
+    if judge is not None:
+        slices, judge_info, judge_notes = judge_gate_rows(rows, roles, judge)
+        notes += judge_notes
     decision = decide(slices, rows, spec, [r for r in roles if r != "adapter"])
     report_info = {
         "base": {"spec": base.spec, "fingerprint": base.fingerprint},
@@ -167,6 +181,7 @@ def run_gate(
         "seconds": seconds,
         "base_cache": base_cache,
         "chat_template_sha256": template_sha256(template),
+        "judge": judge_info,
         **(info or {}),
     }
     report = GateReport(
@@ -177,8 +192,9 @@ def run_gate(
         rows,
         roles,
         report_info,
-        list(notes or []),
+        notes,
         decision.levers,
+        decision.advisory,
     )
     write_reports(report, out_dir)
     return report

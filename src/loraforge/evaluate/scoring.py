@@ -56,6 +56,7 @@ class RowResult:
     failures: dict[str, list[str]] = field(default_factory=dict)  # role -> why each failing check failed
     nll_sum: dict[str, float] = field(default_factory=dict)  # summed token NLL of the reference answer
     n_ref_tokens: int = 0
+    judged: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> each judge check's outcome
 
     def to_dict(self) -> dict[str, Any]:
         loss = {role: self.nll_sum[role] / self.n_ref_tokens for role in self.nll_sum if self.n_ref_tokens}
@@ -71,6 +72,7 @@ class RowResult:
             "passed": self.passed,
             "failures": self.failures,
             "reference_loss": loss,
+            **({"judge": self.judged} if self.judged else {}),
         }
 
 
@@ -81,6 +83,7 @@ class SliceScore:
     passes: dict[str, int]  # role -> rows passed
     loss: dict[str, float]  # role -> mean token NLL of the reference answers
     probe: bool = False
+    judge: dict[str, Any] | None = None  # judge slices: kinds, errors, agreement, whether it decides (judging)
 
     def rate(self, role: str) -> float:
         return self.passes[role] / self.n if self.n else 0.0
@@ -91,6 +94,8 @@ class SliceScore:
             out[role] = self.rate(role)
             out[f"{role}_passed"] = self.passes[role]
             out[f"{role}_loss"] = self.loss.get(role)
+        if self.judge is not None:
+            out["judge"] = self.judge
         return out
 
 
