@@ -7,7 +7,6 @@ are the ones the judge's actual replies give."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,19 +91,19 @@ def calibrated(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 class _captured:
-    """What a CLI command prints (a module fixture has no capsys): eval_cmds' console, redirected."""
+    """What a CLI command prints (a module fixture has no capsys): eval_cmds' console, captured with
+    rich's own Console.capture, which leaves the console printing to the live stdout afterwards."""
 
     def __enter__(self) -> _captured:
-        self.buffer = io.StringIO()
-        self.saved = eval_cmds.console.file
-        eval_cmds.console.file = self.buffer
+        self._capture = eval_cmds.console.capture()
+        self._capture.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        eval_cmds.console.file = self.saved
+        self._capture.__exit__(None, None, None)
 
     def read(self) -> str:
-        return self.buffer.getvalue()
+        return self._capture.get()
 
 
 def stored(calibrated: Calibrated) -> dict[str, object]:
