@@ -103,20 +103,28 @@ def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
         raise unreadable_adapter(against, exc) from exc
 
 
-def _base_scored(
-    base: LoadedBase, model: PeftModel, cases: list[Case], spec: EvalSpec, chat_template: str
+def base_scored(
+    base: LoadedBase,
+    model: PeftModel,
+    cases: list[Case],
+    spec: EvalSpec,
+    chat_template: str,
+    desc: str = "gate: base",
+    cache: bool = True,
 ) -> tuple[list[str], list[tuple[float, int]], str]:
-    """The base's answers and reference losses: from the cache when the same base scored the same
-    cases before ("hit"), else scored now and stored ("miss")."""
+    """The base's answers and reference losses (adapter disabled): from the cache when the same base
+    scored the same cases before ("hit"), else scored now and stored ("miss"); `cache` False: "off"."""
     batch_size, give_up_after = spec.batch_size, spec.give_up_after
     key = base_cache_key(base.fingerprint, model, base.tokenizer, cases, batch_size, give_up_after, chat_template)
-    cached = load_scored(key, len(cases))
+    cached = load_scored(key, len(cases)) if cache else None
     if cached is not None:
         return *cached, "hit"
     with as_role(model, "base", str(model.active_adapter)):
         answers, nll = answer_and_score(
-            model, base.tokenizer, cases, batch_size, "gate: base", give_up_after, chat_template=chat_template
+            model, base.tokenizer, cases, batch_size, desc, give_up_after, chat_template=chat_template
         )
+    if not cache:
+        return answers, nll, "off"
     store_scored(key, (answers, nll))
     return answers, nll, "miss"
 
@@ -153,7 +161,7 @@ def run_gate(
         for role in roles:
             started = time.perf_counter()
             if role == "base" and spec.cache_base:
-                answers, nll, base_cache = _base_scored(base, adapter_model, cases, spec, template)
+                answers, nll, base_cache = base_scored(base, adapter_model, cases, spec, template)
             else:
                 with as_role(adapter_model, role, candidate, merge=spec.merge):
                     answers, nll = answer_and_score(

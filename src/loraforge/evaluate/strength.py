@@ -27,8 +27,8 @@ from peft.tuners.lora import LoraLayer
 
 from loraforge.config import EvalSpec
 from loraforge.errors import EvalError
-from loraforge.evaluate.base_cache import base_cache_key, load_scored, store_scored
 from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS, load_probes
+from loraforge.evaluate.runner import base_scored
 from loraforge.evaluate.scoring import Case, RowResult, answer_and_score, cases_from_records, score_role
 from loraforge.models import LoadedBase, merged_adapter
 
@@ -106,7 +106,10 @@ def choose_strength(
     was_training = model.training
     model.eval()
     try:
-        score_role("base", rows, *_base_answers(base, model, cases, spec, chat_template))
+        answers, nll, _ = base_scored(
+            base, model, cases, spec, chat_template, desc="strength: base", cache=spec.cache_base
+        )
+        score_role("base", rows, answers, nll)
         known = [row for row in rows if row.passed["base"]]
         for scale in ordered if known else ():  # nothing the base knows can be lost: keep it as trained
             with scaled_adapter(model, scale), merged_adapter(model, spec.merge):
@@ -127,23 +130,3 @@ def choose_strength(
     if chosen is None:
         chosen = min(lost, key=lambda s: (lost[s], -s))
     return StrengthChoice(chosen, lost, len(known), tolerance, time.perf_counter() - started, lost_ids)
-
-
-def _base_answers(
-    base: LoadedBase, model: PeftModel, cases: list[Case], spec: EvalSpec, chat_template: str
-) -> tuple[list[str], list[tuple[float, int]]]:
-    """The base's selection answers, from the gate's base cache when the same base answered them before."""
-    key = base_cache_key(
-        base.fingerprint, model, base.tokenizer, cases, spec.batch_size, spec.give_up_after, chat_template
-    )
-    cached = load_scored(key, len(cases)) if spec.cache_base else None
-    if cached is not None:
-        return cached
-    with model.disable_adapter():
-        answers, nll = answer_and_score(
-            model, base.tokenizer, cases, spec.batch_size, "strength: base", spec.give_up_after,
-            chat_template=chat_template,
-        )  # fmt: skip
-    if spec.cache_base:
-        store_scored(key, (answers, nll))
-    return answers, nll
