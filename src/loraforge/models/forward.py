@@ -32,17 +32,20 @@ def logits_at_labels(
     attention_mask=None with position_ids: transformers builds a block-diagonal mask for packed
     rows. use_cache=False: with a cache object, sdpa ignores the packed layout.
     """
-    hidden = (
-        causal_lm_of(model)
-        .get_decoder()(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-        )
-        .last_hidden_state
-    )
-    return head_at_labels(model, hidden, labels, ignore_index=ignore_index)
+    return head_at_labels(model, decoder_hidden(model, input_ids, position_ids, attention_mask), labels,
+                          ignore_index=ignore_index)  # fmt: skip
+
+
+def decoder_hidden(
+    model: PeftModel | PreTrainedModel,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The decoder's last hidden states (batch, seq, hidden), before the output head."""
+    decoder = causal_lm_of(model).get_decoder()
+    out = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
+    return cast(torch.Tensor, out.last_hidden_state)
 
 
 def head_at_labels(

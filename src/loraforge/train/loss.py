@@ -18,7 +18,8 @@ from torch import nn
 
 from loraforge.data import count_loss_tokens
 from loraforge.data.types import IGNORE_INDEX
-from loraforge.models.forward import logits_at_labels
+from loraforge.models.forward import causal_lm_of, decoder_hidden, logits_at_labels
+from loraforge.train.head_loss import summed_head_loss
 
 
 class TokenLossSum(nn.Module):
@@ -56,6 +57,13 @@ class TokenLossSum(nn.Module):
         base_logits = None
         if weight is not None and anchor is not None and bool(anchor[:, 1:].any()):
             base_logits = base_logits_at(self.model, input_ids, anchor, position_ids, attention_mask)
+        if base_logits is None and (head := frozen_head(self.model)) is not None:
+            # no KL term needs the logits: the head and the loss run fused, chunk by chunk (head_loss.py)
+            hidden = decoder_hidden(self.model, input_ids, position_ids, attention_mask)
+            targets = labels[:, 1:]
+            keep = targets != IGNORE_INDEX
+            self.last_kl_sum = torch.zeros((), device=hidden.device)
+            return summed_head_loss(hidden[:, :-1][keep], head.weight, targets[keep])
         logits, targets, keep = logits_at_labels(
             self.model, input_ids, labels, position_ids, attention_mask, ignore_index=IGNORE_INDEX
         )
@@ -66,6 +74,14 @@ class TokenLossSum(nn.Module):
         kl = summed_kl(base_logits, logits[anchor[:, 1:][keep]])  # keep's row-major order, narrowed to anchors
         self.last_kl_sum = kl.detach()
         return loss + weight * kl
+
+
+def frozen_head(model: PeftModel) -> nn.Linear | None:
+    """The output head when the fused head loss can take it: a frozen nn.Linear without bias."""
+    head = causal_lm_of(model).get_output_embeddings()
+    if type(head) is not nn.Linear or head.bias is not None or head.weight.requires_grad:
+        return None
+    return head
 
 
 @torch.no_grad()
