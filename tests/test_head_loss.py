@@ -52,3 +52,12 @@ def test_fused_head_loss_refuses_a_trainable_head() -> None:
     weight = torch.randn(10, 4, requires_grad=True)
     with pytest.raises(ValueError, match="frozen output head"):
         summed_head_loss(torch.randn(3, 4), weight, torch.tensor([1, 2, 3]))
+
+
+def test_fused_head_loss_without_grad_gives_the_same_loss() -> None:
+    torch.manual_seed(2)
+    weight = torch.randn(500, 16)
+    targets = torch.randint(0, 500, (150,))
+    hidden = torch.randn(150, 16)
+    with torch.no_grad():
+        assert torch.allclose(summed_head_loss(hidden, weight, targets), _plain(hidden, weight, targets), rtol=1e-6)

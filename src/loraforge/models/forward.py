@@ -52,10 +52,18 @@ def head_at_labels(
     model: PeftModel | PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The output head on the decoder's hidden states at labelled positions only (see logits_at_labels)."""
+    head = cast(nn.Module, causal_lm_of(model).get_output_embeddings())
+    at_labels, targets, keep = hidden_at_labels(hidden, labels, ignore_index=ignore_index)
+    return head(at_labels).float(), targets, keep
+
+
+def hidden_at_labels(
+    hidden: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The hidden states whose next-token label is not `ignore_index`, those targets, and where they sit."""
     targets = labels[:, 1:]
     keep = targets != ignore_index
-    head = cast(nn.Module, causal_lm_of(model).get_output_embeddings())
-    return head(hidden[:, :-1][keep]).float(), targets[keep], keep
+    return hidden[:, :-1][keep], targets[keep], keep
 
 
 def summed_nll_per_row(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor) -> list[tuple[float, int]]:

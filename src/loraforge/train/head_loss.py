@@ -22,29 +22,34 @@ CHUNK_ROWS = 128  # 128 x 49,152 fp32 logits: 25 MB a chunk
 
 class _HeadLossSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # type: ignore[override]
+                need_grad: bool) -> torch.Tensor:  # fmt: skip
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad = torch.empty_like(hidden)
+        grad = torch.empty_like(hidden) if need_grad else None
         for start in range(0, hidden.shape[0], CHUNK_ROWS):
             rows = slice(start, start + CHUNK_ROWS)
             logits = (hidden[rows] @ weight.t()).float()  # rounded to the head's dtype first, as head() does
             target = targets[rows]
             log_norm = torch.logsumexp(logits, dim=-1)
             total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            if grad is None:  # eval: no backward will come, so no gradient GEMM
+                continue
             probs = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
             probs[torch.arange(probs.shape[0], device=probs.device), target] -= 1.0
             grad[rows] = probs.to(hidden.dtype) @ weight
-        ctx.save_for_backward(grad)
+        if grad is not None:
+            ctx.save_for_backward(grad)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_total.to(grad.dtype), None, None
+        return grad * grad_total.to(grad.dtype), None, None, None
 
 
 def summed_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over rows of cross_entropy(hidden @ weight.T, targets), fp32; `weight` frozen (no gradient)."""
     if weight.requires_grad:
         raise ValueError("summed_head_loss needs a frozen output head")
-    return _HeadLossSum.apply(hidden, weight, targets)  # type: ignore[no-any-return]
+    need_grad = torch.is_grad_enabled() and hidden.requires_grad
+    return _HeadLossSum.apply(hidden, weight, targets, need_grad)  # type: ignore[no-any-return]

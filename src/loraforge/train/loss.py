@@ -18,7 +18,7 @@ from torch import nn
 
 from loraforge.data import count_loss_tokens
 from loraforge.data.types import IGNORE_INDEX
-from loraforge.models.forward import causal_lm_of, decoder_hidden, logits_at_labels
+from loraforge.models.forward import causal_lm_of, decoder_hidden, hidden_at_labels, logits_at_labels
 from loraforge.train.head_loss import summed_head_loss
 
 
@@ -60,10 +60,9 @@ class TokenLossSum(nn.Module):
         if base_logits is None and (head := frozen_head(self.model)) is not None:
             # no KL term needs the logits: the head and the loss run fused, chunk by chunk (head_loss.py)
             hidden = decoder_hidden(self.model, input_ids, position_ids, attention_mask)
-            targets = labels[:, 1:]
-            keep = targets != IGNORE_INDEX
+            at_labels, targets, _ = hidden_at_labels(hidden, labels, ignore_index=IGNORE_INDEX)
             self.last_kl_sum = torch.zeros((), device=hidden.device)
-            return summed_head_loss(hidden[:, :-1][keep], head.weight, targets[keep])
+            return summed_head_loss(at_labels, head.weight, targets)
         logits, targets, keep = logits_at_labels(
             self.model, input_ids, labels, position_ids, attention_mask, ignore_index=IGNORE_INDEX
         )
