@@ -197,6 +197,39 @@ def gemm_peak_flops(device: str = "cpu", seconds: float = 3.0) -> tuple[float, s
     return best
 
 
+def shape_peak_flops(config: Any, tokens: int, dtype_name: str, device: str = "cpu", seconds: float = 0.3) -> float:
+    """The GEMM rate (FLOP/s) at the model's own shapes: x (tokens x in) @ W.T for each frozen matmul of a
+    decoder layer and the output head, each timed for about `seconds` and weighted by how often a forward
+    runs it (layers x per-layer shapes, one head), so FLOPs summed over time summed. `tokens` is one
+    micro-batch's token count; the dtype is the 2048^3 peak's, so the two MFUs compare like for like."""
+    import torch
+
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    h, inter = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    shapes = {(h, h): 2, (h, kv): 2, (h, inter): 2, (inter, h): 1}  # q+o, k+v, gate+up, down
+    work = [(i, o, n * config.num_hidden_layers) for (i, o), n in shapes.items()] + [(h, config.vocab_size, 1)]
+    flops = elapsed = 0.0
+    for inputs, outputs, count in work:
+        x = torch.randn(tokens, inputs, dtype=dtype, device=device)
+        w = torch.randn(outputs, inputs, dtype=dtype, device=device)
+        for _ in range(2):
+            torch.nn.functional.linear(x, w)
+        sync(device)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.nn.functional.linear(x, w)
+            n += 1
+            if device.startswith("cuda") and n % 10:
+                continue
+            sync(device)
+        sync(device)
+        per_call = (time.perf_counter() - start) / n
+        flops += count * 2.0 * tokens * inputs * outputs
+        elapsed += count * per_call
+    return flops / elapsed
+
+
 def flops_per_token(config: Any, r: int, mean_context: float) -> float:
     """Training FLOPs per real token: 2N forward + 2N backward-to-inputs for the frozen matmuls
     (no weight gradients: the base is frozen), full fwd+bwd (6 per weight) for the adapters, and

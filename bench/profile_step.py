@@ -83,6 +83,12 @@ def categorise(name: str, shapes: list[list[int]], rank: int, vocab: int) -> tup
     return "autograd/other", 0.0
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a PEFT-wrapped causal LM (the ModuleList holding most parameters)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
+
+
 def phase_of(event: Any) -> str | None:
     parent = event.cpu_parent
     while parent is not None:
@@ -107,6 +113,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="rows of the op x dtype x shape table")
     parser.add_argument("--plain-head", action="store_true", help="the head and loss unfused (before head_loss.py)")
     parser.add_argument("--dropout", type=float, default=LORA["dropout"])
+    parser.add_argument("--compile", choices=["layers", "model"],
+                        help="torch.compile each decoder layer (one graph shared) or the whole model")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     threads = set_threads()
@@ -134,6 +142,11 @@ def main() -> None:
     if args.plain_head:
         loss.frozen_head = lambda _model: None  # TokenLossSum falls back to head_at_labels + F.cross_entropy
     fuse_lora_layers(model)
+    if args.compile == "layers":
+        for layer in decoder_layers(model):
+            layer.compile(dynamic=True)
+    elif args.compile == "model":
+        model.compile(dynamic=True)
     loss_sum = TokenLossSum(model)
     spec = TrainSpec(epochs=1, lr=LR, weight_decay=0.0, micro_batch_size=1, grad_accum=1, max_grad_norm=1.0, seed=SEED)
     optimizer = build_optimizer(model, spec, None)
@@ -152,8 +165,10 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    started = time.perf_counter()
     for s in range(args.warmup_steps):
         step(steps[s])
+    print(f"{args.warmup_steps} warmup steps: {time.perf_counter() - started:.1f} s", flush=True)
     first, last = args.warmup_steps, args.warmup_steps + args.timed_steps
     started = time.perf_counter()
     for batches in steps[first:last]:
