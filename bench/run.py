@@ -5,8 +5,9 @@ on a CPU inside a budget (--budget-s, default 720 s, so `make bench` ends within
 arm runs once, later rounds drop runs of the slowest arm while the rest would not fit, and B0/B1
 stop timing steps past their share of the budget; the table says how many runs and timed steps
 each arm got. Median and range of real (non-pad) tokens/s and peak memory (RSS on the CPU,
-max_memory_allocated on a GPU), ratios of medians, and MFU against the fastest GEMM peak measured
-at the start of this run.
+max_memory_allocated on a GPU), ratios of medians, and MFU against two peaks measured at the start
+of this run: the fastest 2048^3 (GPU: 8192^3) GEMM, and the GEMM rate at the model's own frozen matmul
+and head shapes with C's micro-batch of tokens (bench/common.py shape_peak_flops).
 Arms: B0 plain PEFT fp32 padded, B1 TRL SFTTrainer defaults, B2 TRL padding-free + Liger (GPU),
 C loraforge. See docs/PERFORMANCE.md ("Training speed") for what each arm does.
 
