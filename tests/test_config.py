@@ -154,5 +154,6 @@ def test_each_recipe_reason_reaches_the_reference_the_init_yaml_and_explain(tmp_
 def test_explain_of_an_unknown_key_exits_2_and_lists_the_sections(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "explain", "trian.lr"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "no config key or section 'trian.lr'; sections: data, eval, eval.judge, lora, ship, train" in err
+    sections = "data, eval, eval.few_shot, eval.judge, lora, ship, train"
+    assert f"no config key or section 'trian.lr'; sections: {sections}" in err
     assert "Traceback" not in err

@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from loraforge import recipe
+
+# re-exported: the eval section lives in config_eval, every other module names it from here
+from loraforge.config_eval import ALL_PROBES as ALL_PROBES
+from loraforge.config_eval import EvalSpec as EvalSpec
+from loraforge.config_eval import FewShotSpec as FewShotSpec
+from loraforge.config_eval import JudgeSpec as JudgeSpec
+from loraforge.config_eval import Probe as Probe
+from loraforge.config_section import Section
+from loraforge.config_section import why as _why
 from loraforge.config_yaml import apply_overrides, read_yaml
 from loraforge.errors import ConfigError
-
-Probe = Literal["safety", "general"]
-ALL_PROBES: tuple[Probe, ...] = ("safety", "general")
-
-
-def _why(key: str, what: str) -> str:
-    """A field's description: what it does, then why its default is the recipe's (recipe.REASONS)."""
-    return f"{what}. Why this default: {recipe.REASONS[key]}"
-
-
-class Section(BaseModel):
-    """A config section: unknown keys are errors, fields validate on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataSpec(Section):
@@ -321,100 +316,6 @@ class TrainSpec(Section):
         if isinstance(value, int) and value < 1:
             raise ValueError("must be 'auto' or an integer >= 1")
         return value
-
-
-class JudgeSpec(Section):
-    """eval.judge: the OpenAI-compatible endpoint that scores `judge` checks (docs/eval-gate.md#llm-judge)."""
-
-    base_url: str | None = Field(
-        default=None,
-        description="the endpoint's OpenAI base URL, ending in /v1 (`loraforge serve`, vLLM or a hosted API); "
-        "unset: no judge, and a golden row with a judge check is an error",
-    )
-    model: str | None = Field(default=None, description="the model name the endpoint serves the judge under")
-    api_key_env: str | None = Field(
-        default=None,
-        description="environment variable holding the endpoint's API key (a key never goes in a config file); "
-        "unset: no key is sent, for a local server without one",
-    )
-    min_agreement: float = Field(
-        default=recipe.DEFAULT_JUDGE_MIN_AGREEMENT,
-        ge=-1,
-        le=1,
-        description=_why(
-            "eval.judge.min_agreement",
-            "Cohen's kappa with human labels (`loraforge eval calibrate-judge`) a judge needs before its slices "
-            "can block or pass the adapter; below it, or uncalibrated, they are reported as advisory",
-        ),
-    )
-    calibration: Path | None = Field(
-        default=None,
-        description="where `loraforge eval calibrate-judge` writes the judge's agreement and the gate reads it; "
-        "unset: LORAFORGE_HOME/judge-calibration/, one file per base_url and model",
-    )
-    cache_dir: Path | None = Field(
-        default=None,
-        description="the judge's replies, one file per sha256 of what was asked (endpoint, model, prompt, "
-        "answer, scale), so an unchanged answer is never judged twice; unset: LORAFORGE_HOME/judge-cache",
-    )
-    max_tokens: int = Field(
-        default=recipe.DEFAULT_JUDGE_MAX_TOKENS,
-        gt=0,
-        description=_why("eval.judge.max_tokens", "the longest reply the judge may write"),
-    )
-    concurrency: int = Field(default=4, gt=0, description="judge requests in flight at once")
-    timeout_s: float = Field(default=120.0, gt=0, description="seconds one judge request may take")
-
-    @model_validator(mode="after")
-    def _model_with_url(self) -> JudgeSpec:
-        if self.base_url is not None and not self.model:
-            raise ValueError("base_url is set but model is not: name the model the endpoint serves the judge under")
-        return self
-
-
-class EvalSpec(Section):
-    gate: bool = Field(default=True, description="run the gate after training; a blocked adapter is not shipped")
-    max_new_tokens: int = Field(
-        default=recipe.DEFAULT_MAX_NEW_TOKENS,
-        gt=0,
-        description=_why("eval.max_new_tokens", "greedy generation length cap"),
-    )
-    batch_size: int = Field(
-        default=recipe.DEFAULT_EVAL_BATCH, gt=0, description=_why("eval.batch_size", "prompts generated together")
-    )
-    give_up_after: int | None = Field(
-        default=recipe.DEFAULT_GIVE_UP_AFTER,
-        gt=0,
-        description="end an answer once it can no longer pass its checks (not JSON where JSON is due, off an "
-        "exact reference, a refusal where none may be, no refusal in a refusal's opening), after at least this "
-        "many new tokens so reports show how it began; scores are the same; null: every answer runs to "
-        "max_new_tokens or its end",
-    )
-    merge: bool = Field(
-        default=True,
-        description="fold each adapter into the base weights while it answers (unmerged after): the same "
-        "answers, with no LoRA matmuls per layer; fp32 bases only (bf16 and 4-bit would round the update away)",
-    )
-    tolerance: int = Field(
-        default=0, ge=0, description="lost rows forgiven per slice before the paired test and the 1-in-10 cap"
-    )
-    min_pass_rate: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=dict, description="slice -> absolute pass rate floor the adapter must reach, 0..1 (0.9 is 90%)"
-    )
-    probes: list[Probe] = Field(
-        default_factory=lambda: list(ALL_PROBES), description="built-in probe slices run beside the golden set"
-    )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto",
-        description="base dtype while gating; auto: what train.precision resolves to (bf16 where the GPU/CPU has "
-        "fast bf16, else fp32), so train.precision=fp32 gates in fp32 too",
-    )
-    cache_base: bool = Field(
-        default=True,
-        description="reuse the base's answers from an earlier gate on the same base, cases, batch size, dtype and "
-        "library versions (LORAFORGE_HOME/gate-base); the base half of the gate then costs nothing",
-    )
-    judge: JudgeSpec = Field(default_factory=JudgeSpec)
 
 
 class ShipSpec(Section):

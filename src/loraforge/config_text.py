@@ -12,7 +12,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from loraforge.config import Config, DataSpec, DpoSpec, EvalSpec, JudgeSpec, LoraSpec, ShipSpec, StrengthSpec, TrainSpec
+from loraforge.config import (
+    Config,
+    DataSpec,
+    DpoSpec,
+    EvalSpec,
+    FewShotSpec,
+    JudgeSpec,
+    LoraSpec,
+    ShipSpec,
+    StrengthSpec,
+    TrainSpec,
+)
 
 
 def to_plain(config: BaseModel) -> dict[str, Any]:
@@ -73,6 +84,7 @@ REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("train.dpo", DpoSpec),
     ("train.strength", StrengthSpec),
     ("eval", EvalSpec),
+    ("eval.few_shot", FewShotSpec),
     ("eval.judge", JudgeSpec),
     ("ship", ShipSpec),
 ]

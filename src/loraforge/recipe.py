@@ -41,6 +41,8 @@ DEFAULT_EVAL_BATCH = 32
 STRENGTH_SCALES = (1.0, 0.9, 0.8)  # train.strength.scales
 DEFAULT_JUDGE_MIN_AGREEMENT = 0.6
 DEFAULT_JUDGE_MAX_TOKENS = 64
+DEFAULT_FEW_SHOT_K = 4
+DEFAULT_FEW_SHOT_MAX_PROMPT_TOKENS = 1024
 
 # Why each default is what it is, by config key: the end of that field's description.
 REASONS: dict[str, str] = {
@@ -72,5 +74,9 @@ REASONS: dict[str, str] = {
     "eval.batch_size": "greedy decoding is memory-bound: 32 rows cost ~1.2x one batch of 8 on CPU, so ~2.5x faster",
     "eval.judge.min_agreement": "kappa 0.6 is where 'substantial' agreement begins (Landis and Koch 1977); "
     "a judge below it disagrees with people too often to decide a verdict alone",
+    "eval.few_shot.k": "4 examples show a label set or a format; more cost prompt tokens on every golden row "
+    "and gain little on a small base",
+    "eval.few_shot.max_prompt_tokens": "4 examples of a few hundred tokens fit; a longer prompt makes the "
+    "baseline's prefill the gate's largest cost on a CPU",
     "eval.judge.max_tokens": "room for the one line the prompt asks for, and a judge that writes a sentence first",
 }

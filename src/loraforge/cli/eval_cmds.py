@@ -100,5 +100,35 @@ def calibrate_judge_command(
     console.print(f"calibration: {escape(str(path))}")
 
 
+def baseline_command(
+    config_path: Path = typer.Argument(..., help="Config YAML (data.train and data.golden are read)."),
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Before training: score the base alone and the base prompted with eval.few_shot.k training rows
+    on the golden set, and say per slice whether prompting may already be enough (no adapter needed).
+    Both halves are cached, so the gate after `loraforge train` does not pay for them again."""
+    from loraforge.pipeline.evaluate_run import BASELINE_DIR_NAME, baseline_run
+
+    config = load(config_path, overrides)
+    report = baseline_run(config)
+    table = Table(title="prompting baseline: pass rate per golden slice")
+    for column in ("slice", "n", "base", "few-shot"):
+        table.add_column(column, justify="left" if column == "slice" else "right")
+    for name, score in report.slices.items():
+        table.add_row(name, str(score.n), *(f"{score.rate(r):.1%}" for r in report.roles))
+    console.print(table)
+    shots = report.info["few_shot"]
+    seconds = report.info["seconds"]
+    console.print(
+        f"few-shot: {shots['k']} examples a prompt ({shots['select']}), {shots['mean_examples']} held on average "
+        f"within eval.few_shot.max_prompt_tokens={shots['max_prompt_tokens']}; base {seconds['base']:.0f} s "
+        f"({report.info['cache']['base']}), few-shot {seconds['few_shot']:.0f} s ({report.info['cache']['few_shot']})"
+    )
+    for line in report.readings:
+        console.print(f"  {escape(line)}")
+    console.print(f"reports: {escape(str(config.output / BASELINE_DIR_NAME))}/report.{{json,md,html}}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
+    app.command("baseline")(baseline_command)

@@ -76,7 +76,7 @@ def gate_table(report: Any) -> Table:
         cells = [
             name + (" (probe)" if score.probe else ""),
             str(score.n),
-            *(f"{score.rate(r):.1%}" for r in report.roles),
+            *(f"{score.rate(r):.1%}" if r in score.passes else "-" for r in report.roles),
         ]
         table.add_row(*cells, *([judge_cell(score)] if judged else []))
     return table
@@ -103,6 +103,8 @@ def report_gate(console: Console, report: Any, eval_dir: Path) -> None:
         console.print(f"[yellow]note[/]: {escape(note)}")
     for line in report.improvements:
         console.print(f"  {escape(line)}")
+    for line in report.prompting:
+        console.print(f"  vs prompting: {escape(line)}")
     for line in report.advisory:
         console.print(f"[yellow]advisory[/]: {escape(line)}")
     if report.info.get("base_cache") == "hit":

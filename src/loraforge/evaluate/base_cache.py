@@ -72,6 +72,8 @@ def weights_checksum(model: torch.nn.Module) -> str:
     for name, param in model.named_parameters():
         if "lora_" in name:  # the adapter: the base role runs with it disabled
             continue
+        # a base wrapped by PEFT and the bare base (`loraforge baseline`) are the same weights
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         values = param.detach().float()
         sums = torch.stack([values.sum(), values.abs().sum()]).tolist()
         digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}|{sums[0]!r}|{sums[1]!r};".encode())

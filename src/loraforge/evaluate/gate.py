@@ -136,6 +136,7 @@ class GateReport:
     notes: list[str] = field(default_factory=list)  # things the reader must know (e.g. a new golden file)
     levers: dict[str, list[str]] = field(default_factory=dict)  # blocking slice -> what to change, cheapest first
     advisory: list[str] = field(default_factory=list)  # what judge slices below eval.judge.min_agreement found
+    prompting: list[str] = field(default_factory=list)  # per target slice: does the adapter beat few-shot prompting
 
     @property
     def passed(self) -> bool:
@@ -155,6 +156,7 @@ class GateReport:
             "notes": list(self.notes),
             "slices": slices,
             **({"judge": judged} if judged else {}),
+            **({"prompting": list(self.prompting)} if self.prompting else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +166,7 @@ class GateReport:
             "levers": {name: list(keys) for name, keys in self.levers.items()},
             "advisory": list(self.advisory),
             "improvements": list(self.improvements),
+            "prompting": list(self.prompting),
             "notes": list(self.notes),
             "roles": list(self.roles),
             "slices": {name: score.to_dict() for name, score in self.slices.items()},
@@ -221,6 +224,42 @@ def improvement(score: SliceScore, comparators: Sequence[str]) -> str:
             loss = f", reference loss {score.loss[role]:.3f} -> {score.loss['adapter']:.3f}"
         parts.append(f"{role} {score.rate(role):.1%} -> adapter {score.rate('adapter'):.1%} ({gained:+d} rows{loss})")
     return f"slice '{score.name}': " + "; ".join(parts)
+
+
+def _rows(n: int) -> str:
+    return "row" if abs(n) == 1 else "rows"
+
+
+def prompting_line(score: SliceScore, rows: Sequence[RowResult], role: str = "few_shot") -> str:
+    """Whether the adapter beats the prompting baseline on a target slice, by how much, and how sure."""
+    adapter, shots = score.rate("adapter"), score.rate(role)
+    diff = score.passes["adapter"] - score.passes[role]
+    loss = paired_loss(rows, role)  # lost: rows few-shot passed and the adapter failed
+    figures = f"adapter {_pct(score, 'adapter')} vs few-shot {_pct(score, role)}, base {_pct(score, 'base')}"
+    if diff > 0:
+        p = mcnemar_p(loss.gained, loss.lost)
+        sure = "significant" if p < FALSE_BLOCK_RATE else "not significant on this many rows"
+        verdict = (
+            f"the adapter beats prompting by {adapter - shots:.1%} ({diff:+d} {_rows(diff)}; McNemar p={p:.3g}, {sure})"
+        )
+    elif diff == 0:
+        verdict = "prompting does as well as the adapter: a prompt with these examples may be all this slice needs"
+    else:
+        p = mcnemar_p(loss.lost, loss.gained)
+        verdict = (
+            f"prompting beats the adapter by {shots - adapter:.1%} ({-diff} {_rows(diff)}; McNemar p={p:.3g}): "
+            "try the prompt before shipping the adapter, or train more (raise train.epochs or train.lr)"
+        )
+    return f"slice '{score.name}': {verdict}; {figures}"
+
+
+def prompting_lines(slices: dict[str, SliceScore], rows: Sequence[RowResult], role: str = "few_shot") -> list[str]:
+    """prompting_line for each target slice the baseline answered."""
+    return [
+        prompting_line(score, [r for r in rows if r.case.slice == name], role)
+        for name, score in slices.items()
+        if not score.probe and role in score.passes and "adapter" in score.passes
+    ]
 
 
 class Decision(NamedTuple):

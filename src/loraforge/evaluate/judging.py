@@ -54,7 +54,7 @@ def _plan(rows: Sequence[RowResult], roles: Sequence[str]) -> list[tuple[Slot, J
             if not is_judge(check):
                 continue
             rubric, text, kind = check["rubric"], request_text(case), judge_kind(check)
-            for role in roles:
+            for role in (r for r in roles if r in row.outputs):  # few-shot answers golden rows only
                 answer = row.outputs[role]
                 if kind != "pairwise":
                     plan.append(((i, c, role, 0), single_request(kind, rubric, text, answer, case.reference)))
@@ -129,7 +129,7 @@ def judge_rows(rows: Sequence[RowResult], roles: Sequence[str], judge: Judge) ->
         for c, check in enumerate(row.case.checks):
             if not is_judge(check):
                 continue
-            for role in roles:
+            for role in (r for r in roles if r in row.outputs):
                 if judge_kind(check) == "pairwise":
                     # the base's mark is whether it beats the candidate adapter
                     outcome = _pairwise(c, role, "adapter" if role == BASE else role, found, i)

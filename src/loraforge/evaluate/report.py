@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loraforge.files import write_json_atomic, write_text_atomic
 
@@ -29,8 +29,19 @@ def _cut(text: str) -> str:
     return text if len(text) <= OUTPUT_CHARS else text[:OUTPUT_CHARS] + "..."
 
 
-def _delta(score: SliceScore, role: str) -> float:
+def _rate(score: SliceScore, role: str) -> str:
+    return f"{score.rate(role):.1%}" if role in score.passes else "-"  # few-shot answers golden rows only
+
+
+def _delta_value(score: SliceScore, role: str) -> float | None:
+    if role not in score.passes or "adapter" not in score.passes:
+        return None
     return score.rate("adapter") - score.rate(role)
+
+
+def _delta(score: SliceScore, role: str) -> str:
+    value = _delta_value(score, role)
+    return "-" if value is None else f"{value:+.1%}"
 
 
 def _examples(rows: list[RowResult], slice_name: str) -> list[RowResult]:
@@ -72,13 +83,15 @@ def render_markdown(report: GateReport) -> str:
         lines += [f"- {name}: " + "; or ".join(keys) for name, keys in report.levers.items()] + [""]
     if report.improvements:
         lines += ["## Target slices", ""] + [f"- {i}" for i in report.improvements] + [""]
+    if report.prompting:
+        lines += ["## Fine-tuning vs prompting", ""] + [f"- {p}" for p in report.prompting] + [""]
     others = [r for r in roles if r != "adapter"]
     head = ["slice", "n"] + roles + [f"delta vs {r}" for r in others] + [f"loss {r}" for r in roles]
     head += ["judge agreement"] if _has_judge(report) else []
     lines += ["## Slices", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, score in report.slices.items():
         cells = [name + (" (probe)" if score.probe else ""), str(score.n)]
-        cells += [f"{score.rate(r):.1%}" for r in roles] + [f"{_delta(score, r):+.1%}" for r in others]
+        cells += [_rate(score, r) for r in roles] + [_delta(score, r) for r in others]
         cells += [f"{score.loss[r]:.3f}" if r in score.loss else "-" for r in roles]
         cells += [judge_cell(score)] if _has_judge(report) else []
         lines.append("| " + " | ".join(cells) + " |")
@@ -88,7 +101,7 @@ def render_markdown(report: GateReport) -> str:
         for row in _examples(report.rows, name):
             lines.append(f"**{row.case.id}**: {' '.join(_cut(row.case.question).split())}")
             lines.append(f"- reference: `{' '.join(_cut(row.case.reference).split())}`")
-            for role in roles:
+            for role in (r for r in roles if r in row.outputs):
                 mark = "pass" if row.passed.get(role) else "FAIL"
                 lines.append(f"- {role} [{mark}]: `{' '.join(_cut(row.outputs.get(role, '')).split())}`")
             lines.append("")
@@ -105,11 +118,11 @@ def _slice_table(report: GateReport) -> str:
     for name, score in report.slices.items():
         cells = [f"<td>{html.escape(name)}{' <small>(probe)</small>' if score.probe else ''}</td>"]
         cells.append(f'<td class="num">{score.n}</td>')
-        cells += [f'<td class="num">{score.rate(r):.1%}</td>' for r in roles]
+        cells += [f'<td class="num">{_rate(score, r)}</td>' for r in roles]
         for r in others:
-            delta = _delta(score, r)
-            cls = "down" if delta < 0 else "up" if delta > 0 else ""
-            cells.append(f'<td class="num {cls}">{delta:+.1%}</td>')
+            value = _delta_value(score, r) or 0.0
+            cls = "down" if value < 0 else "up" if value > 0 else ""
+            cells.append(f'<td class="num {cls}">{_delta(score, r)}</td>')
         cells += [f'<td class="num">{score.loss[r]:.3f}</td>' if r in score.loss else "<td>-</td>" for r in roles]
         cells += [f'<td class="judge">{html.escape(judge_cell(score))}</td>'] if _has_judge(report) else []
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -128,6 +141,9 @@ def _examples_html(report: GateReport) -> str:
                 f"<td><pre>{html.escape(_cut(row.case.reference))}</pre></td>",
             ]
             for role in report.roles:
+                if role not in row.outputs:
+                    cells.append("<td>-</td>")
+                    continue
                 ok = row.passed.get(role)
                 mark = f'<span class="{"pass" if ok else "block"}">{"pass" if ok else "FAIL"}</span>'
                 cells.append(f"<td>{mark}<pre>{html.escape(_cut(row.outputs.get(role, '')))}</pre></td>")
@@ -160,15 +176,23 @@ def render_html(report: GateReport) -> str:
     if report.improvements:
         items = "".join(f"<li>{html.escape(i)}</li>" for i in report.improvements)
         parts.append(f"<h2>Target slices</h2><ul>{items}</ul>")
+    if report.prompting:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in report.prompting)
+        parts.append(f'<h2>Fine-tuning vs prompting</h2><ul id="prompting">{items}</ul>')
     parts += ["<h2>Slices</h2>", _slice_table(report), "<h2>Examples</h2>", _examples_html(report)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def write_reports(report: GateReport, out_dir: Path) -> dict[str, Path]:
-    """Write report.json, report.md and report.html into out_dir, each atomically."""
+def write_report_files(out_dir: Path, data: dict[str, Any], markdown: str, html_text: str) -> dict[str, Path]:
+    """report.json, report.md and report.html into out_dir, each written atomically."""
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "html": out_dir / "report.html"}
-    write_json_atomic(paths["json"], report.to_dict())
-    write_text_atomic(paths["md"], render_markdown(report))
-    write_text_atomic(paths["html"], render_html(report))
+    write_json_atomic(paths["json"], data)
+    write_text_atomic(paths["md"], markdown)
+    write_text_atomic(paths["html"], html_text)
     return paths
+
+
+def write_reports(report: GateReport, out_dir: Path) -> dict[str, Path]:
+    """Write the gate's report.json, report.md and report.html into out_dir."""
+    return write_report_files(out_dir, report.to_dict(), render_markdown(report), render_html(report))

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
 
 from loraforge.config import EvalSpec
@@ -22,7 +23,8 @@ from loraforge.data.chat import resolve_chat_template, template_sha256
 from loraforge.data.types import Record
 from loraforge.errors import EvalError, ModelError
 from loraforge.evaluate.base_cache import base_cache_key, load_scored, store_scored
-from loraforge.evaluate.gate import GateReport, decide
+from loraforge.evaluate.few_shot import FEW_SHOT_ROLE, few_shot_cases
+from loraforge.evaluate.gate import GateReport, decide, prompting_lines
 from loraforge.evaluate.judge import Judge
 from loraforge.evaluate.judging import judge_gate_rows, uses_judge
 from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS, load_probes
@@ -74,7 +76,7 @@ def gate_cases(golden: list[Record], spec: EvalSpec) -> list[Case]:
 def as_role(model: PeftModel, role: str, candidate: str, merge: bool = False) -> Iterator[None]:
     """Make `model` answer as the base (adapter disabled), the candidate or the against adapter;
     with `merge` (eval.merge) an adapter role answers with its weights folded into the base's."""
-    if role == "base":
+    if role in ("base", FEW_SHOT_ROLE):
         with model.disable_adapter():
             yield
         return
@@ -105,7 +107,7 @@ def load_against(model: PeftModel, against: Path, base: LoadedBase) -> None:
 
 def base_scored(
     base: LoadedBase,
-    model: PeftModel,
+    model: PeftModel | torch.nn.Module,
     cases: list[Case],
     spec: EvalSpec,
     chat_template: str,
@@ -113,13 +115,16 @@ def base_scored(
     cache: bool = True,
 ) -> tuple[list[str], list[tuple[float, int]], str]:
     """The base's answers and reference losses (adapter disabled): from the cache when the same base
-    scored the same cases before ("hit"), else scored now and stored ("miss"); `cache` False: "off"."""
+    scored the same cases before ("hit"), else scored now and stored ("miss"); `cache` False: "off".
+    `model` is the PeftModel the gate holds (its adapter disabled) or the bare base (`loraforge
+    baseline`): the cache key is the same for both, so a baseline run makes the gate's base half free."""
     batch_size, give_up_after = spec.batch_size, spec.give_up_after
     key = base_cache_key(base.fingerprint, model, base.tokenizer, cases, batch_size, give_up_after, chat_template)
     cached = load_scored(key, len(cases)) if cache else None
     if cached is not None:
         return *cached, "hit"
-    with as_role(model, "base", str(model.active_adapter)):
+    disabled = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+    with disabled:
         answers, nll = answer_and_score(
             model, base.tokenizer, cases, batch_size, desc, give_up_after, chat_template=chat_template
         )
@@ -140,21 +145,30 @@ def run_gate(
     info: dict[str, Any] | None = None,
     notes: list[str] | None = None,
     chat_template: str | None = None,
+    examples: Sequence[Record] = (),
+    seed: int = 0,
 ) -> GateReport:
     """Score base vs adapter (vs against) per slice, decide pass/block, write report.json/md/html.
 
     Every role is prompted in `chat_template`, the template the adapter was trained with (the
-    manifest records it); None: the tokenizer's own."""
+    manifest records it); None: the tokenizer's own. With `examples` (the training rows) and
+    `few_shot` in eval.baselines, the base also answers the golden cases few-shot (evaluate.few_shot):
+    reported beside the others, never a comparator that blocks."""
     cases = gate_cases(golden, spec)
     judge = Judge(spec.judge) if uses_judge(cases) else None  # before generating: a missing key fails in seconds
     template = chat_template or resolve_chat_template(base.tokenizer)
-    roles = ["base", "adapter"] + (["against"] if against is not None else [])
+    n_golden = sum(1 for c in cases if not c.probe)
+    shots = None
+    if FEW_SHOT_ROLE in spec.baselines and examples and n_golden:
+        context = getattr(base.model.config, "max_position_embeddings", None)
+        shots = few_shot_cases(cases[:n_golden], examples, spec.few_shot, base.tokenizer, template, seed, context)
+    roles = ["base"] + ([FEW_SHOT_ROLE] if shots else []) + ["adapter"] + (["against"] if against is not None else [])
     candidate = str(adapter_model.active_adapter)
     was_training = adapter_model.training
     adapter_model.eval()
     rows = [RowResult(case, prompt=prompt_text(base.tokenizer, case, template)) for case in cases]
     seconds: dict[str, float] = {}
-    base_cache = "off"
+    base_cache = few_shot_cache = "off"
     try:
         if against is not None:
             load_against(adapter_model, against, base)
@@ -162,6 +176,15 @@ def run_gate(
             started = time.perf_counter()
             if role == "base" and spec.cache_base:
                 answers, nll, base_cache = base_scored(base, adapter_model, cases, spec, template)
+            elif role == FEW_SHOT_ROLE and shots is not None:
+                answers, nll, few_shot_cache = base_scored(
+                    base, adapter_model, shots.cases, spec, template, "gate: few-shot", spec.cache_base
+                )
+                for row, case in zip(rows, shots.cases, strict=False):
+                    row.prompts[role] = prompt_text(base.tokenizer, case, template)
+                score_role(role, rows[:n_golden], answers, nll)
+                seconds[role] = round(time.perf_counter() - started, 2)
+                continue
             else:
                 with as_role(adapter_model, role, candidate, merge=spec.merge):
                     answers, nll = answer_and_score(
@@ -181,7 +204,7 @@ def run_gate(
     if judge is not None:
         slices, judge_info, judge_notes = judge_gate_rows(rows, roles, judge)
         notes += judge_notes
-    decision = decide(slices, rows, spec, [r for r in roles if r != "adapter"])
+    decision = decide(slices, rows, spec, [r for r in roles if r not in ("adapter", FEW_SHOT_ROLE)])
     report_info = {
         "base": {"spec": base.spec, "fingerprint": base.fingerprint},
         "against": str(against) if against is not None else None,
@@ -190,6 +213,7 @@ def run_gate(
         "base_cache": base_cache,
         "chat_template_sha256": template_sha256(template),
         "judge": judge_info,
+        "few_shot": {**shots.summary(spec.few_shot), "cache": few_shot_cache} if shots else None,
         **(info or {}),
     }
     report = GateReport(
@@ -203,6 +227,7 @@ def run_gate(
         notes,
         decision.levers,
         decision.advisory,
+        prompting=prompting_lines(slices, rows) if shots else [],
     )
     write_reports(report, out_dir)
     return report

@@ -57,6 +57,7 @@ class RowResult:
     nll_sum: dict[str, float] = field(default_factory=dict)  # summed token NLL of the reference answer
     n_ref_tokens: int = 0
     judged: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> each judge check's outcome
+    prompts: dict[str, str] = field(default_factory=dict)  # role -> its own prompt, where not `prompt` (few-shot)
 
     def to_dict(self) -> dict[str, Any]:
         loss = {role: self.nll_sum[role] / self.n_ref_tokens for role in self.nll_sum if self.n_ref_tokens}
@@ -73,6 +74,7 @@ class RowResult:
             "failures": self.failures,
             "reference_loss": loss,
             **({"judge": self.judged} if self.judged else {}),
+            **({"prompts": self.prompts} if self.prompts else {}),
         }
 
 
@@ -271,14 +273,16 @@ def score_role(role: str, rows: Sequence[RowResult], answers: Sequence[str], nll
 
 
 def slice_scores(rows: Sequence[RowResult], roles: Sequence[str]) -> dict[str, SliceScore]:
-    """Per slice, in first-seen order: rows, rows passed and token-weighted reference loss per role."""
+    """Per slice, in first-seen order: rows, rows passed and token-weighted reference loss per role,
+    for the roles that answered every row of the slice (few-shot answers golden rows only)."""
     grouped: dict[str, list[RowResult]] = {}
     for row in rows:
         grouped.setdefault(row.case.slice, []).append(row)
     scores = {}
     for name, members in grouped.items():
         tokens = sum(r.n_ref_tokens for r in members)
-        passes = {role: sum(1 for r in members if r.passed.get(role)) for role in roles}
-        loss = {role: sum(r.nll_sum[role] for r in members) / tokens for role in roles if tokens}
+        present = [role for role in roles if all(role in r.passed for r in members)]
+        passes = {role: sum(1 for r in members if r.passed.get(role)) for role in present}
+        loss = {role: sum(r.nll_sum[role] for r in members) / tokens for role in present if tokens}
         scores[name] = SliceScore(name, len(members), passes, loss, probe=members[0].case.probe)
     return scores

@@ -18,6 +18,7 @@ from loraforge.data import REPORT_NAME, read_records, resolve_chat_template
 from loraforge.data.types import Message, Record
 from loraforge.errors import EvalError
 from loraforge.evaluate import GateReport, run_gate
+from loraforge.evaluate.baseline import BaselineReport, run_baseline
 from loraforge.evaluate.probes import PROBE_MAX_NEW_TOKENS, load_probes
 from loraforge.evaluate.scoring import Case, cases_from_records
 from loraforge.evaluate.strength import choose_strength
@@ -26,6 +27,7 @@ from loraforge.models.adapter import rescale_adapter
 from loraforge.train import resolve_base_dtype
 
 EVAL_DIR_NAME = "eval"
+BASELINE_DIR_NAME = "baseline"
 
 
 def recorded_golden_sha256(adapter_dir: Path, output: Path) -> tuple[str | None, str]:
@@ -119,8 +121,37 @@ def evaluate_run(
             info["strength"] = strength
     return run_gate(
         base, model, golden, config.eval, config.output / EVAL_DIR_NAME, against_dir, info=info, notes=notes,
-        chat_template=template,
+        chat_template=template, examples=few_shot_examples(config, golden), seed=config.train.seed,
     )  # fmt: skip
+
+
+def baseline_run(config: Config) -> BaselineReport:
+    """`loraforge baseline`: the base and few-shot columns on the golden set, before any training;
+    reports in OUTPUT/baseline/, the base's and few-shot's answers cached for the gate."""
+    golden, sha256 = read_golden(config)
+    if not golden:
+        raise EvalError("loraforge baseline needs data.golden: a jsonl of golden rows with reference answers")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = gate_dtype(config, device)
+    base = load_base(config.base, dtype=dtype, device=device)
+    template = resolve_chat_template(base.tokenizer, config.data.template)
+    info = {"golden": {"path": str(config.data.golden), "sha256": sha256}, "train": str(config.data.train),
+            "precision": str(dtype).removeprefix("torch.")}  # fmt: skip
+    return run_baseline(
+        base, golden, few_shot_examples(config, golden), config.eval, config.output / BASELINE_DIR_NAME,
+        chat_template=template, seed=config.train.seed, info=info,
+    )  # fmt: skip
+
+
+def few_shot_examples(config: Config, golden: Sequence[Record]) -> list[Record]:
+    """The training rows the few-shot baseline draws its examples from: data.train of an sft run
+    with a golden set and few_shot in eval.baselines; [] otherwise (DPO rows are pairs, not answers)."""
+    if "few_shot" not in config.eval.baselines or not golden or config.train.method != "sft":
+        return []
+    if not config.data.train.is_file():
+        return []
+    read = read_records(config.data.train, on_error="skip", max_row_chars=config.data.max_row_chars)
+    return read.records
 
 
 def settle_adapter_strength(

@@ -107,7 +107,9 @@ def advise(answers: Answers) -> Advice:
             "prompt-optimisation",
             [
                 "a careful prompt already gets close: optimise the prompt and its few-shot examples against the "
-                "golden set (cheap, reversible) and fine-tune only if a measured gap remains"
+                "golden set (cheap, reversible) and fine-tune only if a measured gap remains",
+                "measure that gap first: `loraforge baseline CONFIG` scores the base with and without "
+                "eval.few_shot.k training examples on the golden set, per slice",
             ],
             fine_tune=False,
         )
